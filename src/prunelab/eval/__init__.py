@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (and later zero-shot accuracy and speed)."""

@@ -1,0 +1,79 @@
+"""Token perplexity with the papers' protocol (PROTOCOLS.md).
+
+The text is ``joiner.join(rows)`` tokenised once without special tokens, cut into
+non-overlapping windows of ``seqlen`` tokens (remainder dropped, no BOS per window), and
+PPL = ``exp(mean NLL over every predicted token)`` accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from prunelab.config.schema import PerplexitySpec
+from prunelab.data.calibration import tokenize
+from prunelab.data.corpora import Corpus
+from prunelab.errors import PrunelabError
+
+
+def evaluation_windows(corpus: Corpus, tokenizer, seqlen: int, joiner: str,
+                       max_windows: int | None) -> torch.Tensor:
+    """The ``[n, seqlen]`` windows perplexity is computed on."""
+    ids = tokenize(tokenizer, joiner.join(corpus.rows))
+    count = ids.numel() // seqlen
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise PrunelabError(
+            f"{corpus.dataset}/{corpus.split} has {ids.numel()} tokens, fewer than one window of "
+            f"{seqlen}. Lower seqlen or use a larger split."
+        )
+    return ids[: count * seqlen].view(count, seqlen)
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
+               device: torch.device, desc: str = "ppl") -> dict:
+    """Perplexity of ``model`` over ``windows``, with the counts needed to audit it."""
+    total_nll = 0.0
+    predicted = 0
+    start = time.perf_counter()
+    for batch in tqdm(windows.split(batch_size), desc=desc, unit="batch"):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits
+        nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+            batch[:, 1:].reshape(-1),
+            reduction="sum",
+        )
+        if not torch.isfinite(nll):
+            raise PrunelabError(
+                f"{desc}: non-finite loss (NaN/Inf). The model's outputs overflowed; "
+                "evaluate in float32 (model.dtype=float32)."
+            )
+        total_nll += float(nll.double())
+        predicted += batch[:, 1:].numel()
+    mean_nll = total_nll / predicted
+    return {
+        "ppl": math.exp(mean_nll),
+        "mean_nll": mean_nll,
+        "windows": windows.size(0),
+        "predicted_tokens": predicted,
+        "wall_time_s": time.perf_counter() - start,
+    }
+
+
+def protocol_fields(spec: PerplexitySpec, corpus: Corpus) -> dict:
+    """Protocol details recorded next to a perplexity value."""
+    return {
+        **corpus.provenance(),
+        "seqlen": spec.seqlen,
+        "joiner": spec.joiner,
+        "max_windows": spec.max_windows,
+        "documents": spec.documents,
+        "metric": "token_perplexity",
+    }

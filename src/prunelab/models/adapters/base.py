@@ -1,0 +1,180 @@
+"""Contracts between prunelab and a model family.
+
+A :class:`ModelAdapter` exposes the decoder blocks, embeddings, final norm and head; a
+:class:`LayerAdapter` exposes one block's projections, norms and the two hook points every
+method reads (the inputs of ``o_proj`` and ``down_proj``, METHODS.md's ``A`` and ``a``).
+Head geometry is read from the weights, not from the config, so an adapter describes pruned
+blocks (fewer heads, narrower MLP) as truthfully as dense ones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import nn
+
+from prunelab.errors import UnsupportedModelError, did_you_mean
+from prunelab.registry import Registry
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Sizes of one decoder block as its weights currently are."""
+
+    hidden_size: int
+    head_dim: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+
+class LayerAdapter(ABC):
+    """One decoder block of a pre-norm, gated-MLP transformer."""
+
+    def __init__(self, layer: nn.Module, head_dim: int):
+        self.layer = layer
+        self.head_dim = head_dim
+
+    @property
+    @abstractmethod
+    def attention(self) -> nn.Module:
+        """The attention sub-layer (its output is added to the residual stream)."""
+
+    @property
+    @abstractmethod
+    def mlp(self) -> nn.Module:
+        """The MLP sub-layer (its output is added to the residual stream)."""
+
+    @property
+    @abstractmethod
+    def attn_norm(self) -> nn.Module:
+        """Norm applied to the block input before attention (``n1``)."""
+
+    @property
+    @abstractmethod
+    def mlp_norm(self) -> nn.Module:
+        """Norm applied before the MLP (``n2``)."""
+
+    @property
+    @abstractmethod
+    def q_proj(self) -> nn.Linear: ...
+
+    @property
+    @abstractmethod
+    def k_proj(self) -> nn.Linear: ...
+
+    @property
+    @abstractmethod
+    def v_proj(self) -> nn.Linear: ...
+
+    @property
+    @abstractmethod
+    def o_proj(self) -> nn.Linear:
+        """Attention output projection; its input is the concatenated per-head outputs ``A``."""
+
+    @property
+    @abstractmethod
+    def gate_proj(self) -> nn.Linear: ...
+
+    @property
+    @abstractmethod
+    def up_proj(self) -> nn.Linear: ...
+
+    @property
+    @abstractmethod
+    def down_proj(self) -> nn.Linear:
+        """MLP output projection; its input is ``a = silu(gate) * up``."""
+
+    def projections(self) -> dict[str, nn.Linear]:
+        """The seven prunable projections by their METHODS.md names."""
+        return {
+            "q_proj": self.q_proj, "k_proj": self.k_proj, "v_proj": self.v_proj,
+            "o_proj": self.o_proj, "gate_proj": self.gate_proj, "up_proj": self.up_proj,
+            "down_proj": self.down_proj,
+        }
+
+    @property
+    def geometry(self) -> LayerGeometry:
+        """Current sizes, derived from the weight shapes."""
+        return LayerGeometry(
+            hidden_size=self.o_proj.out_features,
+            head_dim=self.head_dim,
+            num_heads=self.q_proj.out_features // self.head_dim,
+            num_kv_heads=self.k_proj.out_features // self.head_dim,
+            intermediate_size=self.down_proj.in_features,
+        )
+
+    def prunable_parameter_count(self) -> int:
+        """Parameters (weights and biases) of the seven projections."""
+        return sum(p.numel() for lin in self.projections().values() for p in lin.parameters())
+
+
+class ModelAdapter(ABC):
+    """A whole causal LM of one family."""
+
+    layer_adapter_cls: type[LayerAdapter]
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    @property
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList:
+        """The list of decoder blocks, in order."""
+
+    @property
+    @abstractmethod
+    def embed_tokens(self) -> nn.Module: ...
+
+    @property
+    @abstractmethod
+    def final_norm(self) -> nn.Module: ...
+
+    @property
+    @abstractmethod
+    def lm_head(self) -> nn.Module: ...
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width from the config (``head_dim`` or hidden / heads)."""
+        explicit = getattr(self.config, "head_dim", None)
+        return explicit or self.config.hidden_size // self.config.num_attention_heads
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model's position encoding supports."""
+        return int(self.config.max_position_embeddings)
+
+    @property
+    def layers(self) -> list[LayerAdapter]:
+        """One :class:`LayerAdapter` per decoder block."""
+        return [self.layer_adapter_cls(layer, self.head_dim) for layer in self.decoder_layers]
+
+    def prunable_parameter_count(self) -> int:
+        """Parameters of q/k/v/o/gate/up/down over all blocks (METHODS.md's ratio base)."""
+        return sum(layer.prunable_parameter_count() for layer in self.layers)
+
+    def total_parameter_count(self) -> int:
+        """All parameters, tied embeddings counted once."""
+        return sum(p.numel() for p in self.model.parameters())
+
+
+ADAPTERS: Registry[ModelAdapter] = Registry(
+    "model architecture", ModelAdapter,
+    "model_type of a Hugging Face config -> ModelAdapter subclass",
+)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    """The adapter for ``model``, chosen by its config's ``model_type``."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"No prunelab adapter for model_type {model_type!r}."
+            f"{did_you_mean(str(model_type), ADAPTERS.names())} "
+            f"Supported: {', '.join(ADAPTERS.names())}. To add one, subclass ModelAdapter and "
+            "LayerAdapter in prunelab/models/adapters/ and register it with @ADAPTERS.register."
+        )
+    return ADAPTERS.get(model_type)(model)

@@ -1,0 +1,201 @@
+"""One job: load -> prune -> evaluate -> record (METHODS.md's pipeline, PROTOCOLS.md's record).
+
+``run`` validates the whole config before anything heavy, skips a job whose results.json is
+already complete (so re-launched sweeps repeat nothing), and always closes W&B; a failed job
+leaves a ``failure.json`` note and no results.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from prunelab.config.schema import RunConfig, validate
+from prunelab.data.corpora import load_corpus
+from prunelab.errors import PrunelabError
+from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
+from prunelab.methods import METHODS
+from prunelab.models.loading import LoadedModel, load_model
+from prunelab.tracking.results import (
+    FAILURE_FILE,
+    RESULTS_FILE,
+    SCHEMA_VERSION,
+    environment,
+    read_results,
+    summary_table,
+    write_json_atomic,
+)
+from prunelab.tracking.wandb_logger import WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the job ``cfg`` describes and return its results (also written to results.json)."""
+    run_cfg = validate(cfg)
+    out_dir = Path(run_cfg.paths.output_dir)
+    _ensure_writable(out_dir)
+    previous = read_results(out_dir)
+    if previous is not None and not run_cfg.overwrite:
+        log.info("Skipping: %s is complete (overwrite=true re-runs it)", out_dir / RESULTS_FILE)
+        return previous
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    job = _job_identity(run_cfg)
+    logger = WandbLogger(run_cfg.logger, out_dir, resolved, group=job["group"],
+                         job_type=run_cfg.method.name, name=job["name"])
+    failed = True
+    try:
+        results = _execute(run_cfg, resolved, job, out_dir, logger)
+        failed = False
+        return results
+    except BaseException as err:
+        write_json_atomic(out_dir / FAILURE_FILE, {
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+            "at": _now(),
+        })
+        raise
+    finally:
+        logger.finish(failed=failed)
+
+
+def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
+             logger: WandbLogger) -> dict[str, Any]:
+    started = _now()
+    t0 = time.perf_counter()
+    loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
+    load_time = time.perf_counter() - t0
+    _check_context(run_cfg, loaded)
+    before = _parameter_counts(loaded)
+
+    method = METHODS.get(run_cfg.method.name)(run_cfg.method.params)
+    t0 = time.perf_counter()
+    outcome = method.prune(run_cfg, loaded)
+    prune_time = time.perf_counter() - t0
+    after = _parameter_counts(loaded)
+
+    t0 = time.perf_counter()
+    ppl = _evaluate_perplexity(run_cfg, loaded)
+    eval_time = time.perf_counter() - t0
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": True,
+        "job": {**job, "output_dir": str(out_dir), "started_at": started, "finished_at": _now()},
+        "config": resolved,
+        "environment": environment(),
+        "model": {"name": run_cfg.model.name, "source": loaded.source,
+                  "model_type": loaded.model.config.model_type, "device": str(loaded.device),
+                  "dtype": run_cfg.model.dtype, "load_time_s": load_time},
+        "method": {"name": run_cfg.method.name, "params": resolved["method"]},
+        "parameters": {"before": before, "after": after},
+        "pruning": {
+            "ratio_asked": outcome.ratio_asked,
+            "ratio_achieved": 1 - after["prunable"] / before["prunable"],
+            "ratio_achieved_total": 1 - after["total"] / before["total"],
+            "wall_time_s": {"total": prune_time, **outcome.timings_s},
+            "peak_memory_bytes": {"process_max_rss": _max_rss_bytes(),
+                                  **outcome.peak_memory_bytes},
+            "details": outcome.details,
+        },
+        "layers": [_layer_record(i, layer) for i, layer in enumerate(loaded.adapter.layers)],
+        "metrics": {"perplexity": ppl},
+        "evaluation": {"wall_time_s": eval_time},
+        "wandb": {"mode": run_cfg.logger.mode if logger.run else None,
+                  "run_dir": logger.run_dir},
+    }
+    write_json_atomic(out_dir / RESULTS_FILE, results)
+    logger.log_results(results, flat_metrics(results))
+    print(summary_table(results))
+    return results
+
+
+def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel) -> dict[str, Any]:
+    metrics = {}
+    bench = run_cfg.benchmark
+    for name, spec in bench.perplexity.items():
+        corpus = load_corpus(spec.dataset, spec.split, run_cfg.paths.data_dir,
+                             documents=spec.documents, path=spec.path)
+        windows = evaluation_windows(corpus, loaded.tokenizer, spec.seqlen, spec.joiner,
+                                     spec.max_windows)
+        value = perplexity(loaded.model, windows, bench.batch_size, loaded.device, desc=name)
+        metrics[name] = {**value, **protocol_fields(spec, corpus)}
+        log.info("%s perplexity %.4f over %d windows", name, value["ppl"], value["windows"])
+    return metrics
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """Scalar metrics with slash-separated keys, for W&B summaries and tables."""
+    flat = {f"ppl/{name}": m["ppl"] for name, m in results["metrics"]["perplexity"].items()}
+    flat["params/after_total"] = results["parameters"]["after"]["total"]
+    flat["pruning/ratio_achieved"] = results["pruning"]["ratio_achieved"]
+    flat["pruning/wall_time_s"] = results["pruning"]["wall_time_s"]["total"]
+    flat["evaluation/wall_time_s"] = results["evaluation"]["wall_time_s"]
+    return flat
+
+
+def _check_context(run_cfg: RunConfig, loaded: LoadedModel) -> None:
+    limit = loaded.adapter.context_length
+    lengths = {f"benchmark.perplexity.{n}.seqlen": s.seqlen
+               for n, s in run_cfg.benchmark.perplexity.items()}
+    if METHODS.get(run_cfg.method.name).prunes:
+        lengths["calibration.seqlen"] = run_cfg.calibration.seqlen
+    too_long = [f"{k}={v}" for k, v in lengths.items() if v > limit]
+    if too_long:
+        raise PrunelabError(f"{', '.join(too_long)} exceeds the context length {limit} of "
+                            f"model {run_cfg.model.name!r}. Use a seqlen <= {limit}.")
+
+
+def _parameter_counts(loaded: LoadedModel) -> dict[str, int]:
+    return {"prunable": loaded.adapter.prunable_parameter_count(),
+            "total": loaded.adapter.total_parameter_count()}
+
+
+def _layer_record(index: int, layer) -> dict[str, int]:
+    geometry = layer.geometry
+    return {"layer": index, "num_heads": geometry.num_heads,
+            "num_kv_heads": geometry.num_kv_heads,
+            "intermediate_size": geometry.intermediate_size}
+
+
+def _job_identity(run_cfg: RunConfig) -> dict[str, Any]:
+    """Sweep group and job name from Hydra when it runs the job, else from the config."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):
+        return {"group": run_cfg.experiment_name, "name": run_cfg.method.name, "num": None}
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    overrides = hydra_cfg.job.override_dirname or run_cfg.method.name
+    group = f"{run_cfg.experiment_name}/{Path(hydra_cfg.sweep.dir).name}" if multirun \
+        else run_cfg.experiment_name
+    return {"group": group, "name": overrides, "num": hydra_cfg.job.num if multirun else None}
+
+
+def _ensure_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PrunelabError(f"Output folder {str(out_dir)!r} is not writable ({err}). "
+                            "Set paths.output_dir (or hydra.run.dir) to a writable folder.") \
+            from err
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,1 @@
+"""results.json, W&B and printed summaries."""

@@ -1,0 +1,80 @@
+"""Weights & Biases logging that never fails a job.
+
+Offline by default (runs land in the job folder and can be synced later with
+``wandb sync``); one W&B run per Hydra job, grouped by sweep. Any W&B error is reported as a
+warning and logging stops, because results.json, not W&B, is the record of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from prunelab.config.schema import LoggerConfig
+
+log = logging.getLogger(__name__)
+
+
+class WandbLogger:
+    """Thin wrapper over ``wandb`` with the prunelab run conventions."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any],
+                 group: str, job_type: str, name: str):
+        self.run = None
+        if cfg.name == "none" or cfg.mode == "disabled":
+            return
+        try:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run = wandb.init(
+                project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir),
+                config=config, group=group, job_type=job_type, name=name, tags=cfg.tags,
+                reinit="finish_previous",
+            )
+        except Exception as err:  # W&B must never fail a job
+            log.warning("W&B disabled for this job: %s: %s", type(err).__name__, err)
+            self.run = None
+
+    def log_results(self, results: dict[str, Any], flat_metrics: dict[str, float]) -> None:
+        """Log metrics to the summary and the metric table."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log(flat_metrics)
+            self.run.summary.update(flat_metrics)
+            table = wandb.Table(columns=["metric", "value"],
+                                data=[[k, v] for k, v in flat_metrics.items()])
+            self.run.log({"results_table": table})
+        except Exception as err:
+            log.warning("W&B logging failed: %s: %s", type(err).__name__, err)
+
+    def log_image(self, key: str, path: Path) -> None:
+        """Log a PNG saved in the run folder."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+        except Exception as err:
+            log.warning("W&B image logging failed: %s: %s", type(err).__name__, err)
+
+    @property
+    def run_dir(self) -> str | None:
+        """Folder of the W&B run files (offline runs), for the record."""
+        return getattr(self.run, "dir", None) if self.run is not None else None
+
+    def finish(self, failed: bool = False) -> None:
+        """Close the run (exit code 1 marks it failed in W&B)."""
+        if self.run is None:
+            return
+        try:
+            self.run.finish(exit_code=1 if failed else 0)
+        except Exception as err:
+            log.warning("W&B finish failed: %s: %s", type(err).__name__, err)
+        self.run = None

@@ -1,0 +1,56 @@
+"""Shared fixtures: offline environment, composed configs, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# No network in tests: every loader must take its offline path.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+if "PRUNELAB_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["PRUNELAB_DATA_DIR"] = str(SHARED_DATA)
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """Compose conf/config.yaml like run.py would, with Hydra's runtime fields set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir or ROOT / "outputs" / "test")
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Factory: compose with overrides, outputs in a fresh temporary folder."""
+
+    def factory(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        return compose_config(list(overrides), output_dir or tmp_path / "job")
+
+    yield factory
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    path = os.environ.get("PRUNELAB_DATA_DIR")
+    if not path or not Path(path).is_dir():
+        pytest.fail("PRUNELAB_DATA_DIR is not set to the shared data folder (see README).")
+    return path
