@@ -54,3 +54,14 @@ def data_dir() -> str:
     if not path or not Path(path).is_dir():
         pytest.fail("PRUNELAB_DATA_DIR is not set to the shared data folder (see README).")
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default model (converted once into the prunelab cache), on the CPU."""
+    from prunelab.config.schema import validate
+    from prunelab.models.loading import load_model
+
+    run = validate(compose_config(["model=smollm2_135m", "model.device=cpu"]))
+    GlobalHydra.instance().clear()
+    return load_model(run.model, run.paths.cache_dir)

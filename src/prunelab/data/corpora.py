@@ -58,11 +58,10 @@ def load_wikitext2(split: str, data_dir: str | None) -> Corpus:
     _check_split("wikitext2", split, WIKITEXT_SPLITS)
     log = SearchLog(f"wikitext2/{split}")
     folders = [d / "wikitext-2-raw-v1" for d in data_dirs(data_dir)]
-    path = log.first_existing(folders, [f"{split}.rows.jsonl"])
-    if path:
+    names = [f"{split}.rows.jsonl", f"{split}.txt", f"wiki.{WIKITEXT_SPLITS[split]}.raw"]
+    path = log.first_existing(folders, names)
+    if path and path.name.endswith(".jsonl"):
         return Corpus("wikitext2", split, _read_jsonl_texts(path), str(path))
-    raw_names = [f"{split}.txt", f"wiki.{WIKITEXT_SPLITS[split]}.raw"]
-    path = log.first_existing(folders, raw_names)
     if path:
         rows = wikitext_rows_from_raw(path.read_text(encoding="utf-8"))
         return Corpus("wikitext2", split, rows, str(path))
