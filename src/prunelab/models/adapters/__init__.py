@@ -7,6 +7,6 @@ from prunelab.models.adapters.base import (
     ModelAdapter,
     adapter_for,
 )
-from prunelab.models.adapters import llama  # noqa: F401  (registers llama, mistral, qwen2)
+from prunelab.models.adapters import llama  # noqa: F401  (registers llama, mistral, qwen2, prunelab_llama)
 
 __all__ = ["ADAPTERS", "LayerAdapter", "LayerGeometry", "ModelAdapter", "adapter_for"]

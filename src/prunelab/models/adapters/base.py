@@ -86,24 +86,46 @@ class LayerAdapter(ABC):
     def down_proj(self) -> nn.Linear:
         """MLP output projection; its input is ``a = silu(gate) * up``."""
 
+    @property
+    def has_attention(self) -> bool:
+        """False when pruning removed the whole attention sub-layer."""
+        return self.attention is not None
+
+    @property
+    def has_mlp(self) -> bool:
+        """False when pruning removed the whole MLP sub-layer."""
+        return self.mlp is not None
+
     def projections(self) -> dict[str, nn.Linear]:
-        """The seven prunable projections by their METHODS.md names."""
-        return {
-            "q_proj": self.q_proj, "k_proj": self.k_proj, "v_proj": self.v_proj,
-            "o_proj": self.o_proj, "gate_proj": self.gate_proj, "up_proj": self.up_proj,
-            "down_proj": self.down_proj,
-        }
+        """The prunable projections present in this block, by their METHODS.md names."""
+        names = []
+        if self.has_attention:
+            names += ["q_proj", "k_proj", "v_proj", "o_proj"]
+        if self.has_mlp:
+            names += ["gate_proj", "up_proj", "down_proj"]
+        return {name: getattr(self, name) for name in names}
 
     @property
     def geometry(self) -> LayerGeometry:
-        """Current sizes, derived from the weight shapes."""
+        """Current sizes, derived from the weight shapes (0 for a removed sub-layer)."""
+        attn, mlp = self.has_attention, self.has_mlp
         return LayerGeometry(
-            hidden_size=self.o_proj.out_features,
+            hidden_size=self.hidden_size,
             head_dim=self.head_dim,
-            num_heads=self.q_proj.out_features // self.head_dim,
-            num_kv_heads=self.k_proj.out_features // self.head_dim,
-            intermediate_size=self.down_proj.in_features,
+            num_heads=self.q_proj.out_features // self.head_dim if attn else 0,
+            num_kv_heads=self.k_proj.out_features // self.head_dim if attn else 0,
+            intermediate_size=self.down_proj.in_features if mlp else 0,
         )
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int:
+        """Width of the residual stream."""
+
+    def kv_head_of(self) -> list[int]:
+        """For each query head, the KV head it attends with (contiguous GQA groups)."""
+        g = self.geometry
+        return [h * g.num_kv_heads // g.num_heads for h in range(g.num_heads)]
 
     def prunable_parameter_count(self) -> int:
         """Parameters (weights and biases) of the seven projections."""

@@ -16,6 +16,10 @@ class LlamaLayerAdapter(LayerAdapter):
     """Getters for one ``LlamaDecoderLayer``-shaped block."""
 
     @property
+    def hidden_size(self) -> int:
+        return self.layer.input_layernorm.weight.numel()
+
+    @property
     def attention(self) -> nn.Module:
         return self.layer.self_attn
 
@@ -81,3 +85,30 @@ class LlamaAdapter(ModelAdapter):
     @property
     def lm_head(self) -> nn.Module:
         return self.model.lm_head
+
+
+class PrunelabLayerAdapter(LlamaLayerAdapter):
+    """A block of a pruned model: sub-layers may be absent, query heads unevenly grouped."""
+
+    def __init__(self, layer: nn.Module, head_dim: int, hidden: int):
+        super().__init__(layer, head_dim)
+        self._hidden = hidden
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden
+
+    def kv_head_of(self) -> list[int]:
+        attn = self.layer.self_attn
+        return [] if attn is None else list(attn.kv_map)
+
+
+@ADAPTERS.register("prunelab_llama")
+class PrunelabAdapter(LlamaAdapter):
+    """Models produced by prunelab's surgery (``PrunelabForCausalLM``)."""
+
+    @property
+    def layers(self) -> list[LayerAdapter]:
+        hidden = self.config.hidden_size
+        return [PrunelabLayerAdapter(layer, self.head_dim, hidden)
+                for layer in self.decoder_layers]

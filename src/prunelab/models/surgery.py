@@ -1,0 +1,194 @@
+"""Physical removal of heads and channels, with FLAP bias compensation.
+
+:func:`prune_model` turns any adapter-supported model plus a :class:`PruningPlan` into a
+:class:`PrunelabForCausalLM` whose weights are slices of the original. :func:`mask_model`
+applies the same plan to the original architecture by zeroing the removed input columns of
+``o_proj`` / ``down_proj`` and adding the same biases; the two must give the same logits
+(METHODS.md "Surgery"), which the tests check.
+
+Bias compensation (FLAP): for removed input channels ``R`` of an output projection ``W`` with
+calibration means ``mu``, the block adds ``W[:, R] @ mu[R]``, so that the expected output of
+the pruned sub-layer equals the original's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.initialization import no_init_weights
+
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import LayerAdapter, ModelAdapter
+from prunelab.models.plan import PruningPlan, channel_index
+from prunelab.models.pruned import AUTO_MAP, REMOTE_CODE_FILES, PrunelabConfig, PrunelabForCausalLM
+
+PLAN_FILE = "pruning_plan.json"
+#: Per layer, the calibration means of the o_proj input (``A``) and down_proj input (``a``);
+#: None disables compensation for that sub-layer.
+Means = list[tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+def compensation_bias(weight: torch.Tensor, kept: torch.Tensor,
+                      mean: torch.Tensor | None) -> torch.Tensor | None:
+    """``W[:, R] @ mu[R]`` over the removed columns ``R``, or None when nothing is removed."""
+    if mean is None:
+        return None
+    removed = torch.ones(weight.shape[1], dtype=torch.bool)
+    removed[kept] = False
+    if not removed.any():
+        return None
+    return weight[:, removed].double() @ mean[removed].double().to(weight.device)
+
+
+def _kv_map(layer: LayerAdapter, heads: list[int]) -> tuple[list[int], list[int]]:
+    """Kept KV heads and, per kept query head, its index among them."""
+    kv_of = layer.kv_head_of()
+    kept_kv = sorted({kv_of[h] for h in heads})
+    position = {kv: i for i, kv in enumerate(kept_kv)}
+    return kept_kv, [position[kv_of[h]] for h in heads]
+
+
+def pruned_config(adapter: ModelAdapter, plan: PruningPlan, means: Means | None) -> PrunelabConfig:
+    """The config of the pruned model: the source's fields plus per-layer geometry."""
+    src = adapter.config
+    if getattr(src, "hidden_act", "silu") != "silu":
+        raise PrunelabError(f"Surgery supports gated SiLU MLPs; {src.model_type} uses "
+                            f"{src.hidden_act!r}. Add support in prunelab/models/pruned.")
+    layers = adapter.layers
+    kv_maps, widths, attn_comp, mlp_comp = [], [], [], []
+    for i, (layer, keep) in enumerate(zip(layers, plan.layers)):
+        kv_maps.append(_kv_map(layer, keep.heads)[1])
+        widths.append(len(keep.channels))
+        g = layer.geometry
+        attn_mean, mlp_mean = means[i] if means else (None, None)
+        attn_comp.append(attn_mean is not None and len(keep.heads) < g.num_heads)
+        mlp_comp.append(mlp_mean is not None and len(keep.channels) < g.intermediate_size)
+    context = int(src.max_position_embeddings)
+    window = getattr(src, "sliding_window", None)
+    if window and getattr(src, "use_sliding_window", True):
+        context = min(context, int(window))  # full attention is exact up to the window
+    first = next((layer for layer in layers if layer.has_attention), None)
+    return PrunelabConfig(
+        vocab_size=src.vocab_size, hidden_size=src.hidden_size,
+        intermediate_size=src.intermediate_size, num_hidden_layers=src.num_hidden_layers,
+        num_attention_heads=src.num_attention_heads,
+        num_key_value_heads=getattr(src, "num_key_value_heads", None) or src.num_attention_heads,
+        head_dim=adapter.head_dim, max_position_embeddings=context,
+        rms_norm_eps=src.rms_norm_eps, rope_parameters=getattr(src, "rope_parameters", None),
+        tie_word_embeddings=bool(getattr(src, "tie_word_embeddings", False)),
+        pad_token_id=src.pad_token_id, bos_token_id=src.bos_token_id,
+        eos_token_id=src.eos_token_id,
+        mlp_bias=bool(getattr(src, "mlp_bias", False)),
+        qkv_bias=first is not None and first.q_proj.bias is not None,
+        o_proj_bias=first is not None and first.o_proj.bias is not None,
+        layer_kv_map=kv_maps, layer_intermediate_sizes=widths,
+        attention_compensation=attn_comp, mlp_compensation=mlp_comp,
+        source_model_type=getattr(src, "source_model_type", None) or src.model_type,
+        architectures=["PrunelabForCausalLM"],
+    )
+
+
+def _copy_linear(dst: nn.Linear, src: nn.Linear, rows=None, cols=None) -> None:
+    weight = src.weight
+    if rows is not None:
+        weight = weight.index_select(0, rows.to(weight.device))
+    if cols is not None:
+        weight = weight.index_select(1, cols.to(weight.device))
+    dst.weight.data.copy_(weight)
+    if src.bias is not None:
+        bias = src.bias if rows is None else src.bias.index_select(0, rows.to(src.bias.device))
+        dst.bias.data.copy_(bias)
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
+                means: Means | None = None) -> PrunelabForCausalLM:
+    """A new pruned model holding slices of ``model``'s weights (``model`` is left intact)."""
+    if len(plan.layers) != len(adapter.layers):
+        raise PrunelabError(f"plan has {len(plan.layers)} layers, model {len(adapter.layers)}")
+    config = pruned_config(adapter, plan, means)
+    ref = next(model.parameters())
+    with no_init_weights():
+        pruned = PrunelabForCausalLM(config)
+    pruned.to(dtype=ref.dtype)
+    new_adapter_layers = pruned.model.layers
+    for i, (layer, keep) in enumerate(zip(adapter.layers, plan.layers)):
+        _fill_layer(new_adapter_layers[i], layer, keep, means[i] if means else (None, None))
+    pruned.model.embed_tokens.weight.data.copy_(adapter.embed_tokens.weight)
+    pruned.model.norm.weight.data.copy_(adapter.final_norm.weight)
+    if not config.tie_word_embeddings:
+        pruned.lm_head.weight.data.copy_(adapter.lm_head.weight)
+    pruned.tie_weights()
+    return pruned.to(ref.device).eval()
+
+
+def _fill_layer(dst: nn.Module, src: LayerAdapter, keep, means) -> None:
+    attn_mean, mlp_mean = means
+    heads = torch.tensor(keep.heads, dtype=torch.long)
+    channels = torch.tensor(keep.channels, dtype=torch.long)
+    a_cols = channel_index(keep.heads, src.head_dim)
+    if dst.self_attn is not None:
+        kept_kv, _ = _kv_map(src, keep.heads)
+        kv_rows = channel_index(kept_kv, src.head_dim)
+        _copy_linear(dst.self_attn.q_proj, src.q_proj, rows=channel_index(heads.tolist(),
+                                                                           src.head_dim))
+        _copy_linear(dst.self_attn.k_proj, src.k_proj, rows=kv_rows)
+        _copy_linear(dst.self_attn.v_proj, src.v_proj, rows=kv_rows)
+        _copy_linear(dst.self_attn.o_proj, src.o_proj, cols=a_cols)
+        dst.input_layernorm.weight.data.copy_(src.attn_norm.weight)
+    if dst.attn_out_bias is not None:
+        dst.attn_out_bias.data.copy_(compensation_bias(src.o_proj.weight, a_cols, attn_mean))
+    if dst.mlp is not None:
+        _copy_linear(dst.mlp.gate_proj, src.gate_proj, rows=channels)
+        _copy_linear(dst.mlp.up_proj, src.up_proj, rows=channels)
+        _copy_linear(dst.mlp.down_proj, src.down_proj, cols=channels)
+        dst.post_attention_layernorm.weight.data.copy_(src.mlp_norm.weight)
+    if dst.mlp_out_bias is not None:
+        dst.mlp_out_bias.data.copy_(compensation_bias(src.down_proj.weight, channels, mlp_mean))
+
+
+@torch.no_grad()
+def mask_model(adapter: ModelAdapter, plan: PruningPlan, means: Means | None = None) -> None:
+    """Apply ``plan`` to the original architecture in place: zero removed columns, add biases.
+
+    Zeroing the o_proj / down_proj input columns removes a head's or channel's contribution
+    exactly; a KV head whose query heads are all masked then contributes nothing either.
+    """
+    for i, (layer, keep) in enumerate(zip(adapter.layers, plan.layers)):
+        attn_mean, mlp_mean = means[i] if means else (None, None)
+        for proj, kept, mean in ((layer.o_proj, channel_index(keep.heads, layer.head_dim),
+                                  attn_mean),
+                                 (layer.down_proj, torch.tensor(keep.channels, dtype=torch.long),
+                                  mlp_mean)):
+            bias = compensation_bias(proj.weight, kept, mean)
+            mask = torch.zeros(proj.in_features, dtype=torch.bool, device=proj.weight.device)
+            mask[kept.to(mask.device)] = True
+            proj.weight[:, ~mask] = 0
+            if bias is not None:
+                if proj.bias is None:
+                    proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype,
+                                                         device=proj.weight.device))
+                proj.bias += bias.to(proj.bias.dtype)
+
+
+def save_pruned(model: PrunelabForCausalLM, tokenizer, folder: Path, plan: PruningPlan,
+                record: dict | None = None) -> Path:
+    """Save a pruned model as a Hugging Face folder (safetensors + remote code + plan).
+
+    It reloads with ``AutoModelForCausalLM.from_pretrained(folder)`` after ``import prunelab``
+    and, in a process without prunelab, with ``trust_remote_code=True``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.auto_map = dict(AUTO_MAP)
+    model.save_pretrained(folder, safe_serialization=True)
+    for source in REMOTE_CODE_FILES:
+        shutil.copy(source, folder / source.name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    (folder / PLAN_FILE).write_text(json.dumps({**plan.to_dict(), **(record or {})}, indent=1))
+    return folder
