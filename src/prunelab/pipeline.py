@@ -23,6 +23,8 @@ from prunelab.errors import PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
 from prunelab.methods import METHODS
 from prunelab.models.loading import LoadedModel, load_model
+from prunelab.models.surgery import save_pruned
+from prunelab.tracking.plots import plot_kept_units
 from prunelab.tracking.results import (
     FAILURE_FILE,
     RESULTS_FILE,
@@ -75,12 +77,23 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     load_time = time.perf_counter() - t0
     _check_context(run_cfg, loaded)
     before = _parameter_counts(loaded)
+    layers_before = [_layer_record(i, layer) for i, layer in enumerate(loaded.adapter.layers)]
 
     method = METHODS.get(run_cfg.method.name)(run_cfg.method.params)
+    if not method.prunes:
+        log.info("method=%s removes nothing: the schedule is not used", run_cfg.method.name)
     t0 = time.perf_counter()
     outcome = method.prune(run_cfg, loaded)
     prune_time = time.perf_counter() - t0
     after = _parameter_counts(loaded)
+    layers_after = [_layer_record(i, layer) for i, layer in enumerate(loaded.adapter.layers)]
+    if outcome.plan is not None:
+        plot = plot_kept_units(layers_before, layers_after,
+                               f"{run_cfg.model.name} {run_cfg.method.name} "
+                               f"ratio {outcome.ratio_asked:.2f}", out_dir / "kept_units.png")
+        logger.log_image("kept_units", plot)
+    if run_cfg.save_model:
+        _save_model(loaded, outcome, out_dir / "model")
 
     t0 = time.perf_counter()
     ppl = _evaluate_perplexity(run_cfg, loaded)
@@ -96,6 +109,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
                   "model_type": loaded.model.config.model_type, "device": str(loaded.device),
                   "dtype": run_cfg.model.dtype, "load_time_s": load_time},
         "method": {"name": run_cfg.method.name, "params": resolved["method"]},
+        "schedule": resolved["schedule"] if method.prunes else None,
         "parameters": {"before": before, "after": after},
         "pruning": {
             "ratio_asked": outcome.ratio_asked,
@@ -105,8 +119,10 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
             "peak_memory_bytes": {"process_max_rss": _max_rss_bytes(),
                                   **outcome.peak_memory_bytes},
             "details": outcome.details,
+            "plan": outcome.plan.to_dict() if outcome.plan is not None else None,
         },
-        "layers": [_layer_record(i, layer) for i, layer in enumerate(loaded.adapter.layers)],
+        "layers": layers_after,
+        "layers_before": layers_before,
         "metrics": {"perplexity": ppl},
         "evaluation": {"wall_time_s": eval_time},
         "wandb": {"mode": run_cfg.logger.mode if logger.run else None,
@@ -116,6 +132,16 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     logger.log_results(results, flat_metrics(results))
     print(summary_table(results))
     return results
+
+
+def _save_model(loaded: LoadedModel, outcome, folder: Path) -> None:
+    """Save the job's model as a Hugging Face folder (pruned: with its plan and code)."""
+    if outcome.plan is None:
+        loaded.model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+    else:
+        save_pruned(loaded.model, loaded.tokenizer, folder, outcome.plan)
+    log.info("Model saved to %s", folder)
 
 
 def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel) -> dict[str, Any]:

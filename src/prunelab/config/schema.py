@@ -101,11 +101,13 @@ class CalibrationConfig(TextSpec):
     seqlen: int = 128
     seed: int = 0
     mode: Literal["joined", "per_document"] = "joined"
+    batch_size: int = 8  # samples per forward of one block
+    offload: bool = False  # keep blocks off the accelerator except while each runs
 
     def check(self) -> list[str]:
         problems = super().check()
-        if self.nsamples < 1 or self.seqlen < 1:
-            problems.append("nsamples and seqlen must be >= 1")
+        if self.nsamples < 1 or self.seqlen < 1 or self.batch_size < 1:
+            problems.append("nsamples, seqlen and batch_size must be >= 1")
         return problems
 
 
@@ -144,6 +146,7 @@ class RunConfig:
 
     model: ModelConfig
     method: Any  # {name, **params} -> NamedConfig
+    schedule: Any  # {name, **params} -> NamedConfig
     benchmark: BenchmarkConfig
     calibration: CalibrationConfig
     logger: LoggerConfig
@@ -151,6 +154,7 @@ class RunConfig:
     seed: int = 0
     experiment_name: str = "default"
     overwrite: bool = False  # re-run a job whose results.json is complete
+    save_model: bool = False  # save the (pruned) model as a Hugging Face folder in the job
 
 
 def _named(group: str, data: Any, registry, problems: list[str]) -> NamedConfig | None:
@@ -169,6 +173,7 @@ def _named(group: str, data: Any, registry, problems: list[str]) -> NamedConfig 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the whole composed config; raise one :class:`ConfigError` listing every problem."""
     from prunelab.methods import METHODS
+    from prunelab.schedules import SCHEDULES
 
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:
@@ -180,6 +185,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     run = to_dataclass(RunConfig, container, "config", problems)
     if run is not None:
         run.method = _named("method", run.method, METHODS, problems)
+        run.schedule = _named("schedule", run.schedule, SCHEDULES, problems)
     if problems:
         raise ConfigError(problems)
     return run

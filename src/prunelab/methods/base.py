@@ -24,6 +24,7 @@ class PruneOutcome:
     """What a method reports besides the model it changed (timings, per-unit details)."""
 
     ratio_asked: float = 0.0
+    plan: Any = None  # models.plan.PruningPlan of what was kept, None for dense
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)

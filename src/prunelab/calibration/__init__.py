@@ -1,0 +1,1 @@
+"""Layer-by-layer calibration: block inputs, per-channel statistics, on-disk cache."""

@@ -1,0 +1,151 @@
+"""Run a model one decoder block at a time over the calibration samples.
+
+Block 0's inputs are captured once; then block ``l`` runs over every sample while collectors
+gather statistics, and its outputs become block ``l+1``'s inputs. Only one block needs to be
+on the accelerator at a time (``offload``), and activations are held in two buffers of
+``[nsamples, seqlen, hidden]``. In sequential mode a callback may change block ``l`` (e.g.
+mask its pruned units) after its statistics are gathered and before its outputs are computed,
+so that later blocks see the pruned outputs (Wanda-sp).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelab.calibration.statistics import STATISTICS
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import LayerAdapter, ModelAdapter
+
+LayerStats = dict[str, dict[str, torch.Tensor]]
+OnLayer = Callable[[int, LayerAdapter, LayerStats], None]
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0's inputs are recorded."""
+
+
+@torch.no_grad()
+def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_size: int,
+                         device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Hidden states entering block 0 for every sample, and the keyword arguments it gets."""
+    first = adapter.decoder_layers[0]
+    captured: list[torch.Tensor] = []
+    layer_kwargs: dict = {}
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        captured.append(hidden.detach())
+        if not layer_kwargs:
+            layer_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in samples.split(batch_size):
+            try:
+                adapter.model(input_ids=batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    layer_kwargs["use_cache"] = False
+    layer_kwargs.pop("cache", None)
+    layer_kwargs.pop("past_key_values", None)
+    return torch.cat(captured), layer_kwargs
+
+
+def _to_device(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _kwargs_for(layer_kwargs: dict, batch: int) -> dict:
+    """Slice batch-shaped tensors (an explicit attention mask) to a smaller last batch."""
+    out = {}
+    for key, value in layer_kwargs.items():
+        if key == "attention_mask" and isinstance(value, torch.Tensor) and value.shape[0] > batch:
+            value = value[:batch]
+        out[key] = value
+    return out
+
+
+def _forward_block(block: nn.Module, inputs: torch.Tensor, layer_kwargs: dict,
+                   batch_size: int, device: torch.device, outputs: torch.Tensor | None) -> None:
+    for start in range(0, inputs.shape[0], batch_size):
+        hidden = inputs[start:start + batch_size].to(device)
+        out = block(hidden, **_kwargs_for(layer_kwargs, hidden.shape[0]))
+        out = out[0] if isinstance(out, tuple) else out
+        if outputs is not None:
+            outputs[start:start + hidden.shape[0]] = out.to(outputs.device)
+
+
+@torch.no_grad()
+def run_layerwise(
+    adapter: ModelAdapter,
+    samples: torch.Tensor,
+    statistics: list[str],
+    batch_size: int,
+    device: torch.device,
+    offload: bool = False,
+    on_layer: OnLayer | None = None,
+    sequential: bool = False,
+    desc: str = "calibration",
+) -> list[LayerStats]:
+    """Gather ``statistics`` for every block; return one ``{kind: {field: tensor}}`` per block.
+
+    ``offload`` keeps the blocks where they are (e.g. CPU) and moves each to ``device`` only
+    while it runs. With ``sequential``, ``on_layer`` runs before the block's outputs are
+    computed (a second pass), so changes it makes propagate to later blocks.
+    """
+    collector_classes = [STATISTICS.get(name) for name in statistics]
+    storage = torch.device("cpu") if offload else device
+    model_device = next(adapter.embed_tokens.parameters()).device
+    inputs, layer_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
+    layer_kwargs = _to_device(layer_kwargs, device)
+    inputs = inputs.to(storage)
+    outputs = torch.empty_like(inputs)
+    results: list[LayerStats] = []
+    for index, layer in enumerate(tqdm(adapter.layers, desc=desc, unit="block")):
+        block = adapter.decoder_layers[index]
+        if offload:
+            block.to(device)
+        collectors = [cls(layer) for cls in collector_classes]
+        for collector in collectors:
+            collector.attach()
+        try:
+            _forward_block(block, inputs, layer_kwargs, batch_size, device,
+                           None if sequential else outputs)
+        finally:
+            for collector in collectors:
+                collector.detach()
+        stats = {c.name: c.result() for c in collectors}
+        _check_finite(index, stats)
+        if on_layer is not None:
+            on_layer(index, layer, stats)
+        if sequential:
+            _forward_block(block, inputs, layer_kwargs, batch_size, device, outputs)
+        if offload:
+            block.to(storage)
+        results.append(stats)
+        inputs, outputs = outputs, inputs
+    return results
+
+
+def _check_finite(index: int, stats: LayerStats) -> None:
+    for kind, fields in stats.items():
+        for field, tensor in fields.items():
+            if not torch.isfinite(tensor).all():
+                raise PrunelabError(
+                    f"Calibration statistic {kind}.{field} of block {index} holds NaN or Inf "
+                    "(activation overflow, e.g. in float16). Calibrate in float32 "
+                    "(model.dtype=float32) or bfloat16."
+                )

@@ -1,0 +1,212 @@
+"""The structured-pruning driver shared by every score-based method.
+
+calibration tokens -> per-block statistics (cached) -> scores per head and channel (the
+method) -> removed units under a budget (the schedule) -> physical removal with optional bias
+compensation (surgery). A method file only declares the statistics it needs and how it scores
+one block; sequential methods (Wanda-sp) also see their own pruning while calibrating.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from prunelab.calibration.cache import StatisticsCache
+from prunelab.calibration.runner import LayerStats, run_layerwise
+from prunelab.data.calibration import sample_calibration
+from prunelab.data.corpora import load_corpus
+from prunelab.errors import PrunelabError
+from prunelab.methods.base import PruneOutcome, PruningMethod
+from prunelab.models.adapters import LayerAdapter, adapter_for
+from prunelab.models.plan import PruningPlan, channel_index
+from prunelab.models.surgery import prune_model
+from prunelab.schedules import SCHEDULES, Pool, Schedule, build_pools
+from prunelab.schedules.base import select
+from prunelab.schedules.uniform import fill_priorities
+from prunelab.tracking.meter import PhaseMeter
+
+
+@dataclass
+class LayerScores:
+    """Importance of each query head and MLP channel of one block (higher = keep)."""
+
+    heads: torch.Tensor
+    channels: torch.Tensor
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` over one block's module (FLAP's cross-layer normalisation)."""
+    std = x.std()
+    return (x - x.mean()) / (std if std > 0 else 1.0)
+
+
+class StructuredMethod(PruningMethod):
+    """Scores heads and channels block by block; allocation and surgery are shared."""
+
+    #: Statistic kinds (calibration/statistics.py) gathered for every block.
+    statistics: ClassVar[tuple[str, ...]] = ()
+    #: Calibrate each block on the outputs of the already-pruned previous blocks.
+    sequential: ClassVar[bool] = False
+
+    @abstractmethod
+    def score(self, index: int, layer: LayerAdapter, stats: LayerStats,
+              comparable: bool) -> LayerScores:
+        """Scores of block ``index``; ``comparable`` asks for scores comparable across blocks."""
+
+    @property
+    def bias_compensation(self) -> bool:
+        """Whether removed units' mean contribution is folded into a bias."""
+        return bool(getattr(self.params, "bias_compensation", False))
+
+    def prune(self, run: Any, loaded: Any) -> PruneOutcome:
+        schedule: Schedule = SCHEDULES.get(run.schedule.name)(run.schedule.params)
+        adapter = loaded.adapter
+        layers = adapter.layers
+        meter = PhaseMeter(loaded.device)
+        calibration_info: dict[str, Any] = {"used": bool(self.statistics)}
+        with meter.phase("calibration"):
+            if self.sequential:
+                stats, removed, budget, cost = self._calibrate_sequentially(
+                    run, loaded, schedule, calibration_info)
+            else:
+                stats = self._calibrate(run, loaded, calibration_info)
+        with meter.phase("scoring"):
+            if not self.sequential:
+                scores = [self._checked_score(i, layer, stats[i], schedule.comparable_scores)
+                          for i, layer in enumerate(layers)]
+                pools = build_pools(layers, [s.heads for s in scores],
+                                    [s.channels for s in scores])
+                allocation = schedule.allocate(pools, len(layers))
+                removed = _removed_per_layer(pools, allocation.removed, len(layers))
+                budget = sum(allocation.budgets.values())
+                cost = sum(allocation.removed_costs.values())
+            plan = PruningPlan.from_removed(adapter, removed)
+        with meter.phase("surgery"):
+            means = self._compensation_means(stats) if self.bias_compensation else None
+            pruned = prune_model(loaded.model, adapter, plan, means)
+            loaded.model = pruned
+            loaded.adapter = adapter_for(pruned)
+        total = sum(p.total_cost for p in build_pools(layers, *_zero_scores(layers)))
+        return PruneOutcome(
+            ratio_asked=budget / total,
+            timings_s=meter.wall_time_s,
+            peak_memory_bytes=meter.peak_memory_bytes,
+            plan=plan,
+            details={
+                "schedule": {"name": run.schedule.name, **asdict(run.schedule.params)},
+                "budget_params": budget,
+                "removed_params": cost,
+                "bias_compensation": self.bias_compensation,
+                "memory_kind": meter.memory_kind,
+                "calibration": calibration_info,
+                "kept_heads": [layer.heads for layer in plan.layers],
+            },
+        )
+
+    def _checked_score(self, index, layer, stats, comparable) -> LayerScores:
+        scores = self.score(index, layer, stats, comparable)
+        for name, tensor in (("head", scores.heads), ("channel", scores.channels)):
+            if not torch.isfinite(tensor).all():
+                raise PrunelabError(
+                    f"{type(self).__name__}: {name} scores of block {index} hold NaN or Inf. "
+                    "Check the calibration statistics (float16 overflow?) and the weights."
+                )
+        return scores
+
+    def _samples(self, run: Any, loaded: Any) -> torch.Tensor:
+        calib = run.calibration
+        corpus = load_corpus(calib.dataset, calib.split, run.paths.data_dir,
+                             documents=calib.documents, path=calib.path)
+        return sample_calibration(corpus, loaded.tokenizer, calib.nsamples, calib.seqlen,
+                                  calib.seed, mode=calib.mode, joiner=calib.joiner)
+
+    def _calibrate(self, run: Any, loaded: Any, info: dict) -> list[LayerStats]:
+        if not self.statistics:
+            return [{} for _ in loaded.adapter.layers]
+        cache = StatisticsCache(run.paths.cache_dir, {
+            "model": loaded.source, "model_name": run.model.name, "dtype": run.model.dtype,
+            "prunable_params": loaded.adapter.prunable_parameter_count(),
+            "calibration": asdict(run.calibration), "statistics": sorted(self.statistics),
+        })
+        info.update({"cache_key": cache.key, "calibration": asdict(run.calibration)})
+        stats = cache.load()
+        info["cache_hit"] = stats is not None
+        if stats is None:
+            stats = run_layerwise(loaded.adapter, self._samples(run, loaded),
+                                  list(self.statistics), run.calibration.batch_size,
+                                  loaded.device, offload=run.calibration.offload)
+            cache.save(stats)
+        return stats
+
+    def _calibrate_sequentially(self, run, loaded, schedule: Schedule, info: dict):
+        """Score, allocate and mask block by block; later blocks see the masked outputs."""
+        adapter = loaded.adapter
+        layers = adapter.layers
+        targets = schedule.pool_targets(build_pools(layers, *_zero_scores(layers)), len(layers))
+        removed: list[dict[str, set[int]]] = []
+        totals = {"target": 0.0, "removed": 0.0}
+        target_iter = iter(targets)
+
+        def on_layer(index: int, layer: LayerAdapter, stats: LayerStats) -> None:
+            scores = self._checked_score(index, layer, stats, comparable=False)
+            pools = build_pools([layer], [scores.heads], [scores.channels])
+            pool_targets = [next(target_iter) for _ in pools]
+            totals["target"] += sum(t * p.total_cost for t, p in zip(pool_targets, pools))
+            chosen, cost = select(pools, [fill_priorities(p, t) for p, t in zip(pools,
+                                                                                 pool_targets)],
+                                  totals["target"] - totals["removed"],
+                                  [schedule.floor(p) for p in pools], repr(schedule.params))
+            totals["removed"] += cost
+            gone = {p.module: set(units) for p, units in zip(pools, chosen)}
+            removed.append(gone)
+            _mask_block(layer, gone)
+
+        info.update({"calibration": asdict(run.calibration), "cache_hit": False,
+                     "sequential": True})
+        stats = run_layerwise(adapter, self._samples(run, loaded), list(self.statistics),
+                              run.calibration.batch_size, loaded.device,
+                              offload=run.calibration.offload, on_layer=on_layer,
+                              sequential=True)
+        return stats, removed, totals["target"], totals["removed"]
+
+    @staticmethod
+    def _compensation_means(stats: list[LayerStats]):
+        try:
+            return [(s["attn_input"]["mean"], s["mlp_input"]["mean"]) for s in stats]
+        except KeyError as err:
+            raise PrunelabError("bias compensation needs the attn_input and mlp_input "
+                                "statistics; add them to the method's statistics.") from err
+
+
+def _zero_scores(layers: list[LayerAdapter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    geometry = [layer.geometry for layer in layers]
+    return ([torch.zeros(g.num_heads) for g in geometry],
+            [torch.zeros(g.intermediate_size) for g in geometry])
+
+
+def _removed_per_layer(pools: list[Pool], removed: list[list[int]],
+                       num_layers: int) -> list[dict[str, set[int]]]:
+    per_layer: list[dict[str, set[int]]] = [{} for _ in range(num_layers)]
+    for pool, units in zip(pools, removed):
+        per_layer[pool.layer][pool.module] = set(units)
+    return per_layer
+
+
+def _mask_block(layer: LayerAdapter, gone: dict[str, set[int]]) -> None:
+    """Zero the removed units' input columns (exactly what surgery will remove)."""
+    g = layer.geometry
+    keep_heads = [h for h in range(g.num_heads) if h not in gone.get("attention", ())]
+    keep_channels = [c for c in range(g.intermediate_size) if c not in gone.get("mlp", ())]
+    with torch.no_grad():
+        mask = torch.ones(layer.o_proj.in_features, dtype=torch.bool)
+        mask[channel_index(keep_heads, layer.head_dim)] = False
+        layer.o_proj.weight[:, mask.to(layer.o_proj.weight.device)] = 0
+        mask = torch.ones(layer.down_proj.in_features, dtype=torch.bool)
+        mask[torch.tensor(keep_channels, dtype=torch.long)] = False
+        layer.down_proj.weight[:, mask.to(layer.down_proj.weight.device)] = 0
+
+
+__all__ = ["LayerScores", "StructuredMethod", "standardize"]

@@ -1,0 +1,34 @@
+"""Pictures of a run, saved as PNG in the job folder (and logged to W&B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: str,
+                    path: Path) -> Path:
+    """Bars of kept query heads, KV heads and MLP channels per block, as fractions of dense."""
+    index = [record["layer"] for record in layers_after]
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.28 * len(index) + 2), 5.5), sharex=True)
+    for key, label in (("num_heads", "query heads"), ("num_kv_heads", "KV heads")):
+        axes[0].bar([i + (0.2 if key == "num_kv_heads" else -0.2) for i in index],
+                    [a[key] / max(b[key], 1) for a, b in zip(layers_after, layers_before)],
+                    width=0.4, label=label)
+    axes[0].set_ylabel("kept fraction")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_title(title, fontsize=10)
+    axes[1].bar(index, [a["intermediate_size"] / max(b["intermediate_size"], 1)
+                        for a, b in zip(layers_after, layers_before)], color="tab:green")
+    axes[1].set_ylabel("kept MLP channels")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_xlabel("block")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
