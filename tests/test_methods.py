@@ -1,0 +1,80 @@
+"""Every pruning method runs end to end on tiny models and meets its budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunelab import pipeline
+from prunelab.config.schema import validate
+from prunelab.errors import ConfigError, PrunelabError
+from prunelab.methods import METHODS
+
+SUPPORTED = {"dense", "flap", "wanda_sp", "mag_sp", "random"}
+
+
+def test_registry_lists_only_implemented_methods():
+    assert set(METHODS.names()) == SUPPORTED
+
+
+def unit_cost(results) -> int:
+    """Largest unit of a tiny model: one query head plus its KV head (q, k, v, o rows)."""
+    layer = results["layers_before"][0]
+    d = results["config"]["model"]["architecture"]["hidden_size"]
+    hd = d // results["config"]["model"]["architecture"]["num_attention_heads"]
+    return 4 * d * hd if layer["num_kv_heads"] else 0
+
+
+@pytest.mark.parametrize("method", sorted(SUPPORTED - {"dense"}))
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_llama_gqa"])
+def test_method_meets_budget(make_cfg, tmp_path, method, model):
+    cfg = make_cfg(f"model={model}", f"method={method}", "schedule.ratio=0.4",
+                   "calibration.nsamples=8", "calibration.seqlen=32", "benchmark=smoke",
+                   "benchmark.perplexity.wikitext2.max_windows=1", "~benchmark.perplexity.ptb",
+                   "logger=none", f"paths.cache_dir={tmp_path / 'cache'}")
+    results = pipeline.run(cfg)
+    pruning = results["pruning"]
+    before = results["parameters"]["before"]["prunable"]
+    assert pruning["ratio_asked"] == pytest.approx(0.4)
+    assert abs(pruning["ratio_achieved"] - 0.4) * before <= unit_cost(results)
+    assert results["parameters"]["after"]["total"] < results["parameters"]["before"]["total"]
+    assert results["metrics"]["perplexity"]["wikitext2"]["ppl"] > 1
+
+
+def test_wanda_sp_is_sequential_and_uniform(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny_llama", "method=wanda_sp", "schedule.ratio=0.5",
+                   "calibration.nsamples=8", "calibration.seqlen=32", "benchmark=smoke",
+                   "logger=none")
+    results = pipeline.run(cfg)
+    assert results["pruning"]["details"]["calibration"]["sequential"] is True
+    assert results["pruning"]["details"]["bias_compensation"] is False
+    for layer in results["layers"]:
+        assert layer["num_heads"] == 2 and layer["intermediate_size"] in (48, 49)
+
+
+def test_sequential_method_refuses_global_schedule(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny_llama", "method=wanda_sp", "schedule=global",
+                   "calibration.nsamples=4", "calibration.seqlen=16", "benchmark=smoke",
+                   "logger=none")
+    with pytest.raises(PrunelabError, match="schedule=uniform or schedule=explicit"):
+        pipeline.run(cfg)
+
+
+def test_unknown_flap_metric_is_rejected(make_cfg):
+    with pytest.raises(ConfigError, match="'WIFW' is not one of IFV, WIFV, WIFN"):
+        validate(make_cfg("method=flap", "method.metric=WIFW"))
+
+
+def test_saved_pruned_model_reloads_with_same_perplexity(make_cfg, tmp_path):
+    cfg = make_cfg("model=tiny_llama_gqa", "method=flap", "schedule.ratio=0.3",
+                   "calibration.nsamples=8", "calibration.seqlen=32", "benchmark=smoke",
+                   "logger=none", "save_model=true", f"paths.cache_dir={tmp_path / 'c'}",
+                   output_dir=tmp_path / "job")
+    results = pipeline.run(cfg)
+    cfg2 = make_cfg("model=local", f"model.path={tmp_path / 'job' / 'model'}", "method=dense",
+                    "benchmark=smoke", "logger=none", "model.device=cpu",
+                    output_dir=tmp_path / "reloaded")
+    again = pipeline.run(cfg2)
+    for name in ("wikitext2", "ptb"):
+        assert again["metrics"]["perplexity"][name]["ppl"] == pytest.approx(
+            results["metrics"]["perplexity"][name]["ppl"], rel=1e-6)
+    assert again["layers"] == results["layers"]
