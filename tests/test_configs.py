@@ -9,8 +9,9 @@ from prunelab.config.schema import validate
 from prunelab.errors import ConfigError
 from tests.conftest import CONF
 
-GROUPS = ["model", "method", "benchmark", "calibration", "logger"]
-NEEDS_PATH = {"model": {"local", "gguf"}}
+GROUPS = ["model", "method", "schedule", "benchmark", "calibration", "logger"]
+NEEDS = {"local": ["model.path=/some/where"], "gguf": ["model.path=/x.gguf"],
+         "explicit": ["schedule.ratios=[0.1,0.2]"]}
 
 
 def options(group: str) -> list[str]:
@@ -19,9 +20,7 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(make_cfg, group, option):
-    overrides = [f"{group}={option}"]
-    if option in NEEDS_PATH.get(group, ()):
-        overrides.append(f"{group}.path=/some/where")
+    overrides = [f"{group}={option}", *NEEDS.get(option, [])]
     run = validate(make_cfg(*overrides))
     assert getattr(run, group).name  # each option names itself
 
@@ -29,7 +28,8 @@ def test_every_option_composes_and_validates(make_cfg, group, option):
 def test_defaults_are_the_documented_job(make_cfg):
     run = validate(make_cfg())
     assert (run.model.name, run.method.name, run.benchmark.name, run.logger.name) == (
-        "smollm2_135m", "dense", "default", "wandb")
+        "smollm2_135m", "flap", "default", "wandb")
+    assert (run.schedule.name, run.schedule.params.ratio) == ("global", 0.2)
     assert run.logger.mode == "offline"
 
 

@@ -14,7 +14,7 @@ from prunelab.tracking.results import FAILURE_FILE, RESULTS_FILE
 @pytest.fixture
 def tiny_job(make_cfg, tmp_path):
     out = tmp_path / "job"
-    cfg = make_cfg("model=tiny_llama_gqa", "benchmark=smoke", output_dir=out)
+    cfg = make_cfg("model=tiny_llama_gqa", "method=dense", "benchmark=smoke", output_dir=out)
     return cfg, out
 
 
