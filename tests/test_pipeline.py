@@ -112,3 +112,18 @@ def test_logger_none_logs_nothing(make_cfg, tmp_path):
     results = pipeline.run(make_cfg("model=tiny_llama", "benchmark=smoke", "logger=none",
                                     output_dir=out))
     assert results["wandb"]["mode"] is None and not (out / "wandb").exists()
+
+
+def test_folder_holding_another_jobs_results_is_refused(tiny_job, make_cfg):
+    cfg, out = tiny_job
+    pipeline.run(cfg)
+    changed = make_cfg("model=tiny_llama_gqa", "method=dense", "benchmark=smoke",
+                       "benchmark.perplexity.wikitext2.max_windows=2", output_dir=out)
+    with pytest.raises(PrunelabError) as err:
+        pipeline.run(changed)
+    assert "benchmark.perplexity.wikitext2.max_windows: 4 vs 2" in str(err.value)
+    assert "overwrite=true" in str(err.value)
+    rerun = make_cfg("model=tiny_llama_gqa", "method=dense", "benchmark=smoke",
+                     "benchmark.perplexity.wikitext2.max_windows=2", "overwrite=true",
+                     output_dir=out)
+    assert pipeline.run(rerun)["metrics"]["perplexity"]["wikitext2"]["windows"] == 2

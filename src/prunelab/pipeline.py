@@ -1,8 +1,10 @@
 """One job: load -> prune -> evaluate -> record (METHODS.md's pipeline, PROTOCOLS.md's record).
 
 ``run`` validates the whole config before anything heavy, skips a job whose results.json is
-already complete (so re-launched sweeps repeat nothing), and always closes W&B; a failed job
-leaves a ``failure.json`` note and no results.json.
+already complete (so re-launched sweeps repeat nothing; a folder holding another job's results
+is an error), copies the results of an identical job of the same sweep instead of repeating it
+(tracking/identity.py), and always closes W&B; a failed job leaves a ``failure.json`` note and
+no results.json.
 """
 
 from __future__ import annotations
@@ -15,15 +17,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from prunelab.config.schema import RunConfig, validate
+from prunelab.config.schema import RunConfig, job_container, validate
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
 from prunelab.methods import METHODS
 from prunelab.models.loading import LoadedModel, load_model
 from prunelab.models.surgery import save_pruned
+from prunelab.tracking.identity import (
+    comparable_config,
+    describe_differences,
+    differing_keys,
+    job_fingerprint,
+)
 from prunelab.tracking.plots import plot_kept_units
 from prunelab.tracking.results import (
     FAILURE_FILE,
@@ -44,13 +52,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = validate(cfg)
     out_dir = Path(run_cfg.paths.output_dir)
     _ensure_writable(out_dir)
-    previous = read_results(out_dir)
-    if previous is not None and not run_cfg.overwrite:
-        log.info("Skipping: %s is complete (overwrite=true re-runs it)", out_dir / RESULTS_FILE)
-        return previous
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("hydra", None)
-    job = _job_identity(run_cfg)
+    resolved = job_container(cfg)
+    job = {**_job_identity(run_cfg), "fingerprint": job_fingerprint(resolved)}
+    if not run_cfg.overwrite:
+        previous = read_results(out_dir)
+        if previous is not None:
+            _check_same_job(previous, resolved, out_dir)
+            log.info("Skipping: %s is complete (overwrite=true re-runs it)",
+                     out_dir / RESULTS_FILE)
+            return previous
+        if job["num"] is not None:
+            reused = _reuse_sibling(out_dir, job, resolved)
+            if reused is not None:
+                return reused
     logger = WandbLogger(run_cfg.logger, out_dir, resolved, group=job["group"],
                          job_type=run_cfg.method.name, name=job["name"])
     failed = True
@@ -132,6 +146,36 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     logger.log_results(results, flat_metrics(results))
     print(summary_table(results))
     return results
+
+
+def _check_same_job(previous: dict[str, Any], resolved: dict, out_dir: Path) -> None:
+    """Refuse to skip a folder whose results came from a different job."""
+    if job_fingerprint(previous["config"]) == job_fingerprint(resolved):
+        return
+    differing = differing_keys([comparable_config(previous["config"]),
+                                comparable_config(resolved)])
+    raise PrunelabError(
+        f"{out_dir / RESULTS_FILE} holds the results of a different job (old vs new):\n"
+        f"{describe_differences(differing)}\nRe-run it with overwrite=true, or send this sweep "
+        "to a new folder (hydra.sweep.dir=...).")
+
+
+def _reuse_sibling(out_dir: Path, job: dict[str, Any], resolved: dict) -> dict[str, Any] | None:
+    """Copy the results of an identical job of the same sweep (dense at every ratio runs once)."""
+    for candidate in sorted(out_dir.parent.glob(f"*/{RESULTS_FILE}")):
+        if candidate.parent == out_dir:
+            continue
+        results = read_results(candidate.parent)
+        if results is None or job_fingerprint(results["config"]) != job["fingerprint"]:
+            continue
+        log.info("Reusing %s: this job is identical to it (same fingerprint %s)",
+                 candidate, job["fingerprint"])
+        reused = {**results, "config": resolved,
+                  "job": {**results["job"], **job, "output_dir": str(out_dir),
+                          "reused_from": str(candidate.parent)}}
+        write_json_atomic(out_dir / RESULTS_FILE, reused)
+        return reused
+    return None
 
 
 def _save_model(loaded: LoadedModel, outcome, folder: Path) -> None:

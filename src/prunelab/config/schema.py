@@ -170,17 +170,25 @@ def _named(group: str, data: Any, registry, problems: list[str]) -> NamedConfig 
     return NamedConfig(name, to_dataclass(registry.get(name).Params, params, group, problems))
 
 
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+
+
+def job_container(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config as plain, resolved Python data, without Hydra's own settings."""
+    return OmegaConf.to_container(_without_hydra(cfg), resolve=True)
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the whole composed config; raise one :class:`ConfigError` listing every problem."""
     from prunelab.methods import METHODS
     from prunelab.schedules import SCHEDULES
 
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    missing = sorted(OmegaConf.missing_keys(_without_hydra(cfg)))
     if missing:
         raise ConfigError([f"{key} is required (??? in its config file): set {key}=<value>"
                            for key in missing])
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
+    container = job_container(cfg)
     problems: list[str] = []
     run = to_dataclass(RunConfig, container, "config", problems)
     if run is not None:

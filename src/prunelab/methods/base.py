@@ -40,6 +40,11 @@ class PruningMethod(ABC):
     def __init__(self, params: Any):
         self.params = params
 
+    @classmethod
+    def uses_calibration(cls) -> bool:
+        """Whether the method reads calibration data (else the calibration config is inert)."""
+        return False
+
     @abstractmethod
     def prune(self, run: Any, loaded: Any) -> PruneOutcome:
         """Prune ``loaded.model`` in place under the job's config ``run``."""

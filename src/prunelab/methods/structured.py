@@ -51,6 +51,10 @@ class StructuredMethod(PruningMethod):
     #: Calibrate each block on the outputs of the already-pruned previous blocks.
     sequential: ClassVar[bool] = False
 
+    @classmethod
+    def uses_calibration(cls) -> bool:
+        return bool(cls.statistics)
+
     @abstractmethod
     def score(self, index: int, layer: LayerAdapter, stats: LayerStats,
               comparable: bool) -> LayerScores:
