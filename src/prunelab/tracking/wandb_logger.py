@@ -53,6 +53,17 @@ class WandbLogger:
         except Exception as err:
             log.warning("W&B logging failed: %s: %s", type(err).__name__, err)
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Log a table (e.g. a sweep's paper table) as a ``wandb.Table``."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=columns, data=rows)})
+        except Exception as err:
+            log.warning("W&B table logging failed: %s: %s", type(err).__name__, err)
+
     def log_image(self, key: str, path: Path) -> None:
         """Log a PNG saved in the run folder."""
         if self.run is None:

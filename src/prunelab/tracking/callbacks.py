@@ -1,0 +1,62 @@
+"""Hydra callbacks: what happens when a whole sweep ends.
+
+``SweepSummary`` (configured in conf/hydra/default.yaml) gathers the results.json files of
+the sweep folder, writes the paper-layout table (table.md, table.csv, table.tex) and the
+metric-versus-ratio plot beside them, and logs both to a W&B "summary" run in the sweep's
+group. A sweep whose table cannot be built (no finished job, mixed protocols) logs why and
+keeps its per-job results; the callback never fails a sweep after its jobs have run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from prunelab.config.schema import LoggerConfig
+from prunelab.config.typed import to_dataclass
+from prunelab.errors import PrunelabError
+from prunelab.tracking.plots import plot_metric_vs_ratio
+from prunelab.tracking.tables import ResultTable, build_table, collect_results, write_table
+from prunelab.tracking.wandb_logger import WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+class SweepSummary(Callback):
+    """Writes the sweep's table and plots when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            results = collect_results([sweep_dir])
+            table = build_table(results)
+        except PrunelabError as err:
+            log.error("No sweep table for %s: %s", sweep_dir, err)
+            return
+        paths = write_table(table, sweep_dir)
+        plot = plot_metric_vs_ratio(table, sweep_dir / "ppl_vs_ratio.png")
+        print(f"\nSweep table ({sweep_dir}):\n{table.to_markdown()}\n")
+        log.info("Sweep table written to %s", ", ".join(str(p) for p in paths.values()))
+        _log_to_wandb(config, sweep_dir, table, plot, results[0]["job"].get("group"))
+
+
+def _log_to_wandb(config: DictConfig, sweep_dir: Path, table: ResultTable, plot: Path,
+                  group: str | None) -> None:
+    problems: list[str] = []
+    logger_cfg = to_dataclass(LoggerConfig, OmegaConf.to_container(config.logger, resolve=True),
+                              "logger", problems)
+    if logger_cfg is None:
+        log.warning("W&B summary skipped: %s", "; ".join(problems))
+        return
+    header, *rows = table.cells()
+    logger = WandbLogger(logger_cfg, sweep_dir, {"model": table.model, "columns": table.columns},
+                         group=group or sweep_dir.name, job_type="summary", name="summary")
+    try:
+        logger.log_table("sweep_table", header, rows)
+        logger.log_image("ppl_vs_ratio", plot)
+    finally:
+        logger.finish()

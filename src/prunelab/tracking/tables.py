@@ -1,0 +1,238 @@
+"""Paper-layout tables from the results.json files of one or more sweep folders.
+
+Rows are method x ratio (dense first, then ratio by ratio in the order the sweep listed the
+methods); a method swept over other settings too (FLAP's metric, structure, bias
+compensation) gets one row per setting, labelled by the settings that vary. Columns are the
+evaluated datasets. A method/ratio cell that no finished job covers shows as missing, never as
+zero (the ratios of a table are those any of its jobs asked for, dense jobs included). Results
+measured under different protocols (model, benchmark) are refused, naming the
+differing fields, because their numbers cannot share a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunelab.errors import PrunelabError
+from prunelab.tracking.identity import (
+    ABSENT,
+    comparable_config,
+    describe_differences,
+    differing_keys,
+    flatten,
+    job_fingerprint,
+)
+from prunelab.tracking.results import RESULTS_FILE
+
+MISSING = "–"
+DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
+#: Config fields that must agree across a table (batch size does not change a number).
+_PROTOCOL_IGNORED = ("model.device", "benchmark.batch_size", "benchmark.description")
+
+
+@dataclass
+class Row:
+    """One table row: a method at one ratio (and one setting of its swept parameters)."""
+
+    method: str
+    ratio: float
+    variant: str = ""
+    params: int | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.variant})" if self.variant else self.method
+
+
+@dataclass
+class ResultTable:
+    """Rows and columns of a sweep, with the protocol they share."""
+
+    model: str
+    columns: list[str]
+    rows: list[Row]
+    protocol: dict[str, Any]
+
+    def cells(self) -> list[list[str]]:
+        """Header plus formatted rows, shared by every output format."""
+        header = ["Method", "Ratio", "Params", *[DATASET_LABELS.get(c, c) for c in self.columns]]
+        body = []
+        for row in self.rows:
+            body.append([row.label, f"{row.ratio:.0%}", _params(row.params),
+                         *[_number(row.values.get(c)) for c in self.columns]])
+        return [header, *body]
+
+    def to_markdown(self) -> str:
+        header, *body = self.cells()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        """Numbers unformatted (empty when missing), for spreadsheets and pandas."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["method", "variant", "ratio", "params", *self.columns])
+        for row in self.rows:
+            writer.writerow([row.method, row.variant, row.ratio,
+                             "" if row.params is None else row.params,
+                             *["" if row.values.get(c) is None else row.values[c]
+                               for c in self.columns]])
+        return out.getvalue()
+
+    def to_latex(self) -> str:
+        header, *body = self.cells()
+        escape = _latex_escape
+        lines = [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
+                 " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
+        lines += [" & ".join(escape(c) for c in r).replace(MISSING, "--") + r" \\" for r in body]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines)
+
+
+def collect_results(folders: list[Path]) -> list[dict[str, Any]]:
+    """The complete results.json files below ``folders`` (in sweep job order)."""
+    found = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise PrunelabError(f"Sweep folder {str(folder)!r} does not exist.")
+        for path in sorted(folder.rglob(RESULTS_FILE)):
+            results = json.loads(path.read_text())
+            if results.get("complete"):
+                results.setdefault("job", {})["results_path"] = str(path)
+                found.append(results)
+    if not found:
+        raise PrunelabError(
+            f"No complete {RESULTS_FILE} under {', '.join(map(str, folders))}: the sweep has not "
+            "finished any job yet (see each job's failure.json or log).")
+    return sorted(found, key=lambda r: (r["job"].get("num") is None, r["job"].get("num") or 0,
+                                        r["job"]["results_path"]))
+
+
+def build_table(results: list[dict[str, Any]]) -> ResultTable:
+    """Arrange results as method x ratio rows; refuse results of different protocols."""
+    _check_protocol(results)
+    columns = list(results[0]["metrics"]["perplexity"])
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_method.setdefault(result["method"]["name"], []).append(result)
+    rows: dict[tuple, Row] = {}
+    seen_fingerprints: set[str] = set()
+    for method, group in by_method.items():
+        labels = _variant_labels(group)
+        for result, variant in zip(group, labels):
+            fingerprint = job_fingerprint(result["config"])
+            if fingerprint in seen_fingerprints:  # the same job reached by another sweep point
+                continue
+            seen_fingerprints.add(fingerprint)
+            ratio = _ratio(result)
+            key = (method, variant, ratio)
+            if key in rows:
+                raise PrunelabError(
+                    f"Two different jobs give the row {method} {variant} at ratio {ratio}: "
+                    f"{rows[key].sources[0]} and {result['job']['results_path']}. Put them in "
+                    "separate tables.")
+            rows[key] = Row(method, ratio, variant, result["parameters"]["after"]["total"],
+                            {c: m["ppl"] for c, m in result["metrics"]["perplexity"].items()},
+                            [result["job"]["results_path"]])
+    swept_ratios = {float(r["config"]["schedule"]["ratio"]) for r in results
+                    if r["config"].get("schedule")} - {0.0}
+    return ResultTable(results[0]["model"]["name"], columns,
+                       _arrange(rows, list(by_method), swept_ratios), _protocol(results[0]))
+
+
+def write_table(table: ResultTable, folder: Path, stem: str = "table") -> dict[str, Path]:
+    """Write ``<stem>.md``, ``.csv`` and ``.tex`` into ``folder``; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": folder / f"{stem}.md", "csv": folder / f"{stem}.csv",
+             "latex": folder / f"{stem}.tex"}
+    paths["markdown"].write_text(table.to_markdown() + "\n")
+    paths["csv"].write_text(table.to_csv())
+    paths["latex"].write_text(table.to_latex() + "\n")
+    return paths
+
+
+def _check_protocol(results: list[dict[str, Any]]) -> None:
+    protocols = [{k: v for k, v in flatten(_protocol(r)).items()
+                  if not k.startswith(_PROTOCOL_IGNORED)} for r in results]
+    differing = differing_keys(protocols)
+    if differing:
+        raise PrunelabError(
+            "These results were measured under different protocols and cannot share a table:\n"
+            f"{describe_differences(differing)}\nMake one table per protocol (pass the folders "
+            "separately).")
+
+
+def _protocol(result: dict[str, Any]) -> dict[str, Any]:
+    config = result["config"]
+    return {"model": config["model"], "benchmark": config["benchmark"]}
+
+
+def _ratio(result: dict[str, Any]) -> float:
+    schedule = result["config"].get("schedule") or {}
+    return 0.0 if result["pruning"]["plan"] is None else float(schedule.get("ratio", 0.0))
+
+
+def _variant_labels(group: list[dict[str, Any]]) -> list[str]:
+    """For one method's results, the settings besides the ratio that vary between them."""
+    configs = [comparable_config(r["config"]) for r in group]
+    for config in configs:
+        config.get("schedule", {}).pop("ratio", None)
+        config.pop("model", None)
+        config.pop("benchmark", None)
+    differing = differing_keys(configs)
+    return [", ".join(f"{_short_key(key)}={values[i]}" for key, values in differing.items()
+                      if values[i] != ABSENT)
+            for i in range(len(group))]
+
+
+def _short_key(key: str) -> str:
+    if key in ("schedule.name", "calibration.name"):
+        return key.split(".")[0]
+    return key.removeprefix("method.")
+
+
+def _arrange(rows: dict[tuple, Row], method_order: list[str], swept_ratios: set[float]
+             ) -> list[Row]:
+    """Dense rows first, then by ratio; every (method, variant) gets every ratio of the sweep.
+
+    The sweep's ratios are any job's ``schedule.ratio`` (dense included), so an unfinished
+    job shows as a row of missing cells.
+    """
+    pruned = [r for r in rows.values() if r.ratio > 0]
+    ratios = sorted({r.ratio for r in pruned} | swept_ratios)
+    variants = list(dict.fromkeys((r.method, r.variant) for r in pruned))
+    order = {m: i for i, m in enumerate(method_order)}
+    variants.sort(key=lambda mv: order[mv[0]])
+    arranged = [r for r in rows.values() if r.ratio == 0]
+    for ratio in ratios:
+        for method, variant in variants:
+            arranged.append(rows.get((method, variant, ratio), Row(method, ratio, variant)))
+    return arranged
+
+
+def _number(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}"
+
+
+def _params(count: int | None) -> str:
+    if count is None:
+        return MISSING
+    if count >= 1e9:
+        return f"{count / 1e9:.2f}B"
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.1f}K"
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"),
+                          ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, escaped)
+    return text
