@@ -1,0 +1,193 @@
+"""Sweeps as users launch them: experiments expand, resume, reuse, launchers, tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException
+
+from prunelab.config.schema import validate
+from prunelab.errors import PrunelabError
+from prunelab.tracking.tables import MISSING, build_table, collect_results
+from tests.conftest import CONF, compose_config
+from tests.test_multirun import run_py
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+#: experiment -> (number of sweep points, {field: values every job set covers})
+EXPECTED = {
+    "flap_table2": (9, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.3, 0.5}}),
+    "flap_ablation": (12, {"method": {"flap"}, "ratio": {0.2},
+                           "metric": {"IFV", "WIFV", "WIFN"}, "schedule": {"uniform", "global"},
+                           "bias_compensation": {True, False}}),
+}
+
+
+def sweep_jobs(experiment: str, *extra: str) -> list[list[str]]:
+    """The override lists Hydra's basic sweeper makes of an experiment's sweep parameters."""
+    cfg = compose_config([f"experiment={experiment}", *extra])
+    params = cfg.hydra.sweeper.params or {}
+    overrides = OverridesParser.create().parse_overrides(
+        [f"{key}={value}" for key, value in params.items()])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def test_every_experiment_is_covered():
+    assert set(EXPERIMENTS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_expands_to_its_jobs(experiment):
+    count, covers = EXPECTED[experiment]
+    jobs = sweep_jobs(experiment, "model=smollm2_135m")
+    assert len(jobs) == count
+    seen: dict[str, set] = {key: set() for key in covers}
+    for job in jobs:
+        run = validate(compose_config([f"experiment={experiment}", "model=smollm2_135m", *job]))
+        assert run.model.name == "smollm2_135m" and run.experiment_name == experiment
+        values = {"method": run.method.name, "ratio": run.schedule.params.ratio,
+                  "schedule": run.schedule.name,
+                  "metric": getattr(run.method.params, "metric", None),
+                  "bias_compensation": getattr(run.method.params, "bias_compensation", None)}
+        for key in covers:
+            seen[key].add(values[key])
+    assert seen == covers
+
+
+def test_flap_table2_uses_each_methods_own_calibration():
+    base = ["experiment=flap_table2", "model=smollm2_135m"]
+    flap = validate(compose_config([*base, "method=flap"]))
+    wanda = validate(compose_config([*base, "method=wanda_sp"]))
+    assert (flap.calibration.dataset, flap.calibration.nsamples) == ("wikitext2", 1024)
+    assert (wanda.calibration.dataset, wanda.calibration.nsamples) == ("c4", 128)
+    assert flap.benchmark.name == "flap_table2"
+
+
+def test_unknown_experiment_lists_the_experiments():
+    with pytest.raises(MissingConfigException) as err:
+        compose_config(["experiment=flap_table3"])
+    assert all(name in str(err.value) for name in EXPERIMENTS)
+
+
+SWEEP = ("-m", "model=tiny_llama", "benchmark=smoke", "method=dense,mag_sp",
+         "schedule.ratio=0.2,0.5")
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """A finished four-point sweep (dense and mag_sp at two ratios) on a tiny model."""
+    sweep = tmp_path_factory.mktemp("sweeps") / "sweep"
+    proc = run_py(*SWEEP, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def job_dir(sweep, method, ratio):
+    [folder] = [p for p in sweep.iterdir() if f"method={method}" in p.name
+                and f"schedule.ratio={ratio}" in p.name]
+    return folder
+
+
+def test_sweep_ends_with_table_plot_and_wandb_summary(tiny_sweep):
+    for name in ("table.md", "table.csv", "table.tex", "ppl_vs_ratio.png"):
+        assert (tiny_sweep / name).is_file()
+    lines = (tiny_sweep / "table.md").read_text().splitlines()
+    assert lines[0] == "| Method | Ratio | Params | WikiText2 | PTB |"
+    assert [line.split(" | ")[0:2] for line in lines[2:]] == [
+        ["| dense", "0%"], ["| mag_sp", "20%"], ["| mag_sp", "50%"]]
+    assert len(list(tiny_sweep.glob("wandb/offline-run-*"))) == 1  # the summary run
+    groups = {json.loads(p.read_text())["job"]["group"] for p in tiny_sweep.glob("*/results.json")}
+    assert groups == {"default/sweep"}
+
+
+def test_dense_runs_once_per_sweep(tiny_sweep):
+    first = json.loads((job_dir(tiny_sweep, "dense", 0.2) / "results.json").read_text())
+    second = json.loads((job_dir(tiny_sweep, "dense", 0.5) / "results.json").read_text())
+    assert second["job"]["reused_from"] == str(job_dir(tiny_sweep, "dense", 0.2))
+    assert second["metrics"] == first["metrics"]
+    assert second["config"]["schedule"]["ratio"] == 0.5
+    assert not list(job_dir(tiny_sweep, "dense", 0.5).glob("wandb/offline-run-*"))
+
+
+def test_relaunch_finishes_only_missing_jobs(tiny_sweep, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep)
+    done = job_dir(sweep, "mag_sp", 0.2) / "results.json"
+    lost = job_dir(sweep, "mag_sp", 0.5) / "results.json"
+    def ppl(path):
+        metrics = json.loads(path.read_text())["metrics"]["perplexity"]
+        return {name: metric["ppl"] for name, metric in metrics.items()}
+
+    expected = ppl(lost)
+    stamp = done.stat().st_mtime_ns
+    lost.unlink()
+    proc = run_py(*SWEEP, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert done.stat().st_mtime_ns == stamp
+    assert ppl(lost) == expected
+    log = proc.stdout + proc.stderr
+    assert log.count("Skipping:") == 3
+
+
+def test_table_shows_missing_cells_as_missing(tiny_sweep, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep)
+    (job_dir(sweep, "mag_sp", 0.5) / "results.json").unlink()
+    table = build_table(collect_results([sweep]))
+    row = table.rows[-1]
+    assert (row.method, row.ratio, row.values) == ("mag_sp", 0.5, {})
+    last = table.to_markdown().splitlines()[-1]
+    assert last == f"| mag_sp | 50% | {MISSING} | {MISSING} | {MISSING} |"
+    assert table.to_csv().splitlines()[-1] == "mag_sp,,0.5,,,"
+
+
+def test_table_refuses_mixed_protocols(tiny_sweep, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep)
+    path = job_dir(sweep, "mag_sp", 0.5) / "results.json"
+    results = json.loads(path.read_text())
+    results["config"]["benchmark"]["perplexity"]["ptb"]["seqlen"] = 64
+    path.write_text(json.dumps(results))
+    with pytest.raises(PrunelabError, match=r"benchmark.perplexity.ptb.seqlen: 128 vs 64"):
+        build_table(collect_results([sweep]))
+
+
+def test_table_of_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(PrunelabError, match="No complete results.json"):
+        collect_results([tmp_path])
+    with pytest.raises(PrunelabError, match="does not exist"):
+        collect_results([tmp_path / "nowhere"])
+
+
+def test_make_table_script(tiny_sweep, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_table.py"),
+                           str(tiny_sweep), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "table.md").read_text() == (tiny_sweep / "table.md").read_text()
+    empty = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_table.py"),
+                            str(tmp_path / "empty_does_not_exist")],
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 1 and "does not exist" in empty.stderr
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local",
+                                       "hydra.launcher.timeout_min=10"]])
+def test_launchers_run_a_two_job_sweep(launcher, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_py("-m", "model=tiny_llama", "benchmark=smoke", "method=dense",
+                  "schedule.ratio=0.2", "seed=0,1", "logger=none", *launcher,
+                  f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert [r["config"]["seed"] for r in results] == [0, 1]
+    assert (sweep / "table.md").is_file()
