@@ -63,7 +63,8 @@ def main() -> None:
         for method in args.methods:
             extra = [f"method={method}", f"schedule.ratio={ratio}"]
             if method == "flap":
-                extra += ["calibration=wikitext2_validation", f"calibration.nsamples={args.nsamples}"]
+                extra += ["calibration=wikitext2_validation",
+                          f"calibration.nsamples={args.nsamples}"]
             rows.append((method, ratio, job([*common, *extra], args.out / f"{method}-{ratio}")))
     table = render(rows)
     print(table)
@@ -94,7 +95,8 @@ def render(rows) -> str:
         s = summary(method, ratio, results)
         peak = max(s["peak_memory_bytes"].values()) / 2**20
         lines.append(
-            f"| {method} | {ratio:.1f} | {s['ratio_achieved']:.3f} | {s['params_total'] / 1e6:.1f}M "
+            f"| {method} | {ratio:.1f} | {s['ratio_achieved']:.3f} "
+            f"| {s['params_total'] / 1e6:.1f}M "
             f"| {s['ppl']['wikitext2']:.2f} | {s['ppl']['ptb']:.2f} | {s['ppl']['c4']:.2f} "
             f"| {s['prune_time_s']['total']:.1f} | {s['prune_time_s'].get('calibration', 0):.1f} "
             f"| {peak:.0f} |")

@@ -21,9 +21,11 @@ def _heads_by_sum(channel_scores: torch.Tensor, layer: LayerAdapter) -> torch.Te
 
 @METHODS.register("wanda_sp")
 class WandaSP(StructuredMethod):
-    """Wanda-sp: ``mean_i |W[i, j]| * ||X_j||_2``, sequential (each block calibrated on the
-    outputs of the already-pruned previous blocks), no compensation. Reference: C4, 128
-    samples."""
+    """Wanda-sp: ``mean_i |W[i, j]| * ||X_j||_2``, sequential, no compensation.
+
+    Each block is calibrated on the outputs of the already-pruned previous blocks.
+    Reference calibration: C4, 128 samples.
+    """
 
     Params = NoParams
     statistics = ("attn_input", "mlp_input")

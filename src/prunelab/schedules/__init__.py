@@ -1,7 +1,7 @@
 """Schedules: how a target ratio is spread over blocks and modules."""
 
+from prunelab.schedules import explicit, global_, uniform  # noqa: F401  (registration)
 from prunelab.schedules.base import SCHEDULES, Schedule
 from prunelab.schedules.pools import Pool, build_pools
-from prunelab.schedules import explicit, global_, uniform  # noqa: F401  (registration)
 
 __all__ = ["SCHEDULES", "Pool", "Schedule", "build_pools"]

@@ -83,7 +83,8 @@ class Schedule(ABC):
         floors = [self.floor(p) for p in pools]
         removed: list[list[int]] = [[] for _ in pools]
         budgets, costs = {}, {}
-        for key, (members, budget, priorities) in self._groups(pools, protected, num_layers).items():
+        groups = self._groups(pools, protected, num_layers)
+        for key, (members, budget, priorities) in groups.items():
             chosen, cost = select([pools[i] for i in members], priorities, budget,
                                   [floors[i] for i in members], repr(self.params))
             for i, units in zip(members, chosen):

@@ -79,9 +79,10 @@ def git_revision() -> str | None:
 
 def summary_table(results: dict[str, Any]) -> str:
     """A short Markdown table of one job's headline numbers, printed at the end of a run."""
+    pruning = results["pruning"]
     rows = [("model", results["model"]["name"]), ("method", results["method"]["name"]),
             ("ratio asked / achieved",
-             f"{results['pruning']['ratio_asked']:.3f} / {results['pruning']['ratio_achieved']:.3f}"),
+             f"{pruning['ratio_asked']:.3f} / {pruning['ratio_achieved']:.3f}"),
             ("parameters after", f"{results['parameters']['after']['total']:,}")]
     for name, metric in results["metrics"]["perplexity"].items():
         rows.append((f"ppl {name} (seqlen {metric['seqlen']}, {metric['windows']} windows)",

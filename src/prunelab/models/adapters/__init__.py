@@ -1,5 +1,6 @@
 """Architecture adapters: the only code that knows a model family's attribute names."""
 
+from prunelab.models.adapters import llama  # noqa: F401  (registers llama, mistral, qwen2, prunelab_llama)
 from prunelab.models.adapters.base import (
     ADAPTERS,
     LayerAdapter,
@@ -7,6 +8,5 @@ from prunelab.models.adapters.base import (
     ModelAdapter,
     adapter_for,
 )
-from prunelab.models.adapters import llama  # noqa: F401  (registers llama, mistral, qwen2, prunelab_llama)
 
 __all__ = ["ADAPTERS", "LayerAdapter", "LayerGeometry", "ModelAdapter", "adapter_for"]
