@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the table files (default: the first folder)")
     parser.add_argument("--stem", default="table", help="file name stem (default: table)")
-    parser.add_argument("--plot", action="store_true", help="also write <stem>_ppl_vs_ratio.png")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write <stem>_metrics_vs_ratio.png")
     args = parser.parse_args(argv)
     try:
         table = build_table(collect_results(args.folders))
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.folders[0]
     paths = write_table(table, out, args.stem)
     if args.plot:
-        paths["plot"] = plot_metric_vs_ratio(table, out / f"{args.stem}_ppl_vs_ratio.png")
+        paths["plot"] = plot_metric_vs_ratio(table, out / f"{args.stem}_metrics_vs_ratio.png")
     print(table.to_markdown())
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return 0

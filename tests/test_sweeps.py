@@ -20,6 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 #: experiment -> (number of sweep points, {field: values every job set covers})
 EXPECTED = {
     "flap_table2": (9, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.3, 0.5}}),
+    "flap_zeroshot": (6, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.5}}),
     "flap_ablation": (12, {"method": {"flap"}, "ratio": {0.2},
                            "metric": {"IFV", "WIFV", "WIFN"}, "schedule": {"uniform", "global"},
                            "bias_compensation": {True, False}}),
@@ -92,7 +93,7 @@ def job_dir(sweep, method, ratio):
 
 
 def test_sweep_ends_with_table_plot_and_wandb_summary(tiny_sweep):
-    for name in ("table.md", "table.csv", "table.tex", "ppl_vs_ratio.png"):
+    for name in ("table.md", "table.csv", "table.tex", "metrics_vs_ratio.png"):
         assert (tiny_sweep / name).is_file()
     lines = (tiny_sweep / "table.md").read_text().splitlines()
     assert lines[0] == "| Method | Ratio | Params | WikiText2 | PTB |"

@@ -38,7 +38,7 @@ class SweepSummary(Callback):
             log.error("No sweep table for %s: %s", sweep_dir, err)
             return
         paths = write_table(table, sweep_dir)
-        plot = plot_metric_vs_ratio(table, sweep_dir / "ppl_vs_ratio.png")
+        plot = plot_metric_vs_ratio(table, sweep_dir / "metrics_vs_ratio.png")
         print(f"\nSweep table ({sweep_dir}):\n{table.to_markdown()}\n")
         log.info("Sweep table written to %s", ", ".join(str(p) for p in paths.values()))
         _log_to_wandb(config, sweep_dir, table, plot, results[0]["job"].get("group"))
@@ -53,10 +53,11 @@ def _log_to_wandb(config: DictConfig, sweep_dir: Path, table: ResultTable, plot:
         log.warning("W&B summary skipped: %s", "; ".join(problems))
         return
     header, *rows = table.cells()
-    logger = WandbLogger(logger_cfg, sweep_dir, {"model": table.model, "columns": table.columns},
+    logger = WandbLogger(logger_cfg, sweep_dir,
+                         {"model": table.model, "columns": [c.key for c in table.columns]},
                          group=group or sweep_dir.name, job_type="summary", name="summary")
     try:
         logger.log_table("sweep_table", header, rows)
-        logger.log_image("ppl_vs_ratio", plot)
+        logger.log_image("metrics_vs_ratio", plot)
     finally:
         logger.finish()

@@ -34,10 +34,11 @@ def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: 
     return path
 
 
-def plot_metric_vs_ratio(table, path: Path, ylabel: str = "perplexity") -> Path:
-    """One panel per dataset: the metric against the pruning ratio, one line per method row.
+def plot_metric_vs_ratio(table, path: Path) -> Path:
+    """One panel per column: the metric against the pruning ratio, one line per method row.
 
-    Log scale; the dense value is a dashed line. ``table`` is a ``tables.ResultTable``.
+    Perplexities on a log scale, accuracies in %; dense values are dashed lines. ``table`` is
+    a ``tables.ResultTable``.
     """
     columns = table.columns
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
@@ -47,17 +48,19 @@ def plot_metric_vs_ratio(table, path: Path, ylabel: str = "perplexity") -> Path:
             lines.setdefault(row.label, []).append(row)
     for ax, column in zip(axes[0], columns):
         for row in table.rows:
-            if row.ratio == 0 and row.values.get(column) is not None:
-                ax.axhline(row.values[column], color="black", linestyle="--", linewidth=1,
+            if row.ratio == 0 and row.values.get(column.key) is not None:
+                ax.axhline(row.values[column.key], color="black", linestyle="--", linewidth=1,
                            label=row.label)
         for label, rows in lines.items():
-            points = [(r.ratio, r.values[column]) for r in rows if r.values.get(column) is not None]
+            points = [(r.ratio, r.values[column.key]) for r in rows
+                      if r.values.get(column.key) is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
-        ax.set_yscale("log")
-        ax.set_title(column)
+        if column.kind == "ppl":
+            ax.set_yscale("log")
+        ax.set_title(column.label)
         ax.set_xlabel("pruning ratio")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel("perplexity" if column.kind == "ppl" else "accuracy (%)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(table.model, fontsize=10)
     fig.tight_layout()

@@ -3,10 +3,11 @@
 Rows are method x ratio (dense first, then ratio by ratio in the order the sweep listed the
 methods); a method swept over other settings too (FLAP's metric, structure, bias
 compensation) gets one row per setting, labelled by the settings that vary. Columns are the
-evaluated datasets. A method/ratio cell that no finished job covers shows as missing, never as
-zero (the ratios of a table are those any of its jobs asked for, dense jobs included). Results
-measured under different protocols (model, benchmark) are refused, naming the
-differing fields, because their numbers cannot share a table.
+perplexity datasets, then the zero-shot tasks and their average (in %). A method/ratio cell
+that no finished job covers shows as missing, never as zero (the ratios of a table are those
+any of its jobs asked for, dense jobs included). Results measured under different protocols
+(model, benchmark) are refused, naming the differing fields: their numbers cannot share a
+table.
 """
 
 from __future__ import annotations
@@ -31,6 +32,41 @@ from prunelab.tracking.results import RESULTS_FILE
 
 MISSING = "–"
 DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: a perplexity (``ppl``) or a zero-shot accuracy (``accuracy``, in %)."""
+
+    key: str  # ppl/<dataset>, zero_shot/<task>, zero_shot/average
+    label: str
+    kind: str
+
+
+def columns_of(result: dict[str, Any]) -> list[Column]:
+    """The columns one job's metrics give: perplexities, then tasks and their average."""
+    from prunelab.eval.zeroshot_tasks import TASKS
+
+    columns = [Column(f"ppl/{name}", DATASET_LABELS.get(name, name), "ppl")
+               for name in result["metrics"].get("perplexity", {})]
+    zero_shot = result["metrics"].get("zero_shot")
+    if zero_shot:
+        columns += [Column(f"zero_shot/{task}", TASKS[task].label if task in TASKS else task,
+                           "accuracy") for task in zero_shot["tasks"]]
+        columns.append(Column("zero_shot/average", "Avg", "accuracy"))
+    return columns
+
+
+def values_of(result: dict[str, Any]) -> dict[str, float]:
+    """Column key -> value of one job (accuracies in %, as the papers print them)."""
+    values = {f"ppl/{name}": m["ppl"]
+              for name, m in result["metrics"].get("perplexity", {}).items()}
+    zero_shot = result["metrics"].get("zero_shot")
+    if zero_shot:
+        values.update({f"zero_shot/{task}": 100 * m["value"]
+                       for task, m in zero_shot["tasks"].items()})
+        values["zero_shot/average"] = 100 * zero_shot["average"]["value"]
+    return values
 #: Config fields that must agree across a table (batch size does not change a number).
 _PROTOCOL_IGNORED = ("model.device", "benchmark.batch_size", "benchmark.description")
 
@@ -56,17 +92,17 @@ class ResultTable:
     """Rows and columns of a sweep, with the protocol they share."""
 
     model: str
-    columns: list[str]
+    columns: list[Column]
     rows: list[Row]
     protocol: dict[str, Any]
 
     def cells(self) -> list[list[str]]:
         """Header plus formatted rows, shared by every output format."""
-        header = ["Method", "Ratio", "Params", *[DATASET_LABELS.get(c, c) for c in self.columns]]
+        header = ["Method", "Ratio", "Params", *[c.label for c in self.columns]]
         body = []
         for row in self.rows:
             body.append([row.label, f"{row.ratio:.0%}", _params(row.params),
-                         *[_number(row.values.get(c)) for c in self.columns]])
+                         *[_number(row.values.get(c.key)) for c in self.columns]])
         return [header, *body]
 
     def to_markdown(self) -> str:
@@ -79,11 +115,12 @@ class ResultTable:
         """Numbers unformatted (empty when missing), for spreadsheets and pandas."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["method", "variant", "ratio", "params", *self.columns])
+        writer.writerow(["method", "variant", "ratio", "params",
+                         *[c.key for c in self.columns]])
         for row in self.rows:
             writer.writerow([row.method, row.variant, row.ratio,
                              "" if row.params is None else row.params,
-                             *["" if row.values.get(c) is None else row.values[c]
+                             *["" if row.values.get(c.key) is None else row.values[c.key]
                                for c in self.columns]])
         return out.getvalue()
 
@@ -120,7 +157,7 @@ def collect_results(folders: list[Path]) -> list[dict[str, Any]]:
 def build_table(results: list[dict[str, Any]]) -> ResultTable:
     """Arrange results as method x ratio rows; refuse results of different protocols."""
     _check_protocol(results)
-    columns = list(results[0]["metrics"]["perplexity"])
+    columns = columns_of(results[0])
     by_method: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         by_method.setdefault(result["method"]["name"], []).append(result)
@@ -141,8 +178,7 @@ def build_table(results: list[dict[str, Any]]) -> ResultTable:
                     f"{rows[key].sources[0]} and {result['job']['results_path']}. Put them in "
                     "separate tables.")
             rows[key] = Row(method, ratio, variant, result["parameters"]["after"]["total"],
-                            {c: m["ppl"] for c, m in result["metrics"]["perplexity"].items()},
-                            [result["job"]["results_path"]])
+                            values_of(result), [result["job"]["results_path"]])
     swept_ratios = {float(r["config"]["schedule"]["ratio"]) for r in results
                     if r["config"].get("schedule")} - {0.0}
     return ResultTable(results[0]["model"]["name"], columns,
