@@ -13,33 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from prunelab import pipeline
+from prunelab.cli import configure_logging
+from prunelab.config.compose import compose_job
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
-
-from prunelab import pipeline  # noqa: E402
-from prunelab.cli import configure_logging  # noqa: E402
 
 METHODS = ["flap", "wanda_sp", "mag_sp", "random"]
 DATASETS = ["wikitext2", "ptb", "c4"]
 
 
 def job(overrides: list[str], out: Path) -> dict:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(ROOT)
-    HydraConfig.instance().set_config(cfg)
-    return pipeline.run(cfg)
+    return pipeline.run(compose_job(overrides, out))
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from prunelab.config.compose import compose_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -26,15 +26,7 @@ if "PRUNELAB_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
 
 def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """Compose conf/config.yaml like run.py would, with Hydra's runtime fields set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir or ROOT / "outputs" / "test")
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_job(overrides, output_dir or ROOT / "outputs" / "test")
 
 
 @pytest.fixture
