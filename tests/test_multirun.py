@@ -36,3 +36,12 @@ def test_user_error_is_one_message_and_exit_code(tmp_path):
     assert proc.returncode == 1
     assert "Did you mean: 'batch_size'" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_sweep_without_a_folder_goes_under_the_launch_folder(tmp_path):
+    proc = run_py("-m", "model=tiny_llama", "benchmark=smoke", "method=dense", "logger=none",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [results] = list((tmp_path / "outputs" / "multiruns").glob("*/*/*/results.json"))
+    assert results.parent.name == "benchmark=smoke,method=dense,model=tiny_llama"
+    assert list((tmp_path / "outputs" / "multiruns").glob("*/*/table.md"))
