@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from prunelab import pipeline
 from prunelab.config.schema import ZeroShotSpec, validate
@@ -117,3 +118,22 @@ def test_missing_data_package_is_named(monkeypatch, make_cfg, tmp_path):
 def test_builtin_tasks_need_the_hub(tmp_path):
     with pytest.raises(PrunelabError, match="source=offline"):
         check_available(ZeroShotSpec(tasks=["piqa"], source="builtin"), str(tmp_path))
+
+
+def test_document_selection_equals_limit(tmp_path):
+    from prunelab.eval.zeroshot import evaluate_zero_shot
+    from prunelab.models.tiny import byte_tokenizer, random_model
+
+    model = random_model({"model_type": "llama", "hidden_size": 32, "intermediate_size": 48,
+                          "num_hidden_layers": 2, "num_attention_heads": 2,
+                          "max_position_embeddings": 512}, seed=0)
+    tokenizer = byte_tokenizer()
+    device = torch.device("cpu")
+    limited = evaluate_zero_shot(model, tokenizer, ZeroShotSpec(tasks=["piqa"], limit=6),
+                                 str(tmp_path), device)
+    chosen = evaluate_zero_shot(model, tokenizer, ZeroShotSpec(tasks=["piqa"]), str(tmp_path),
+                                device, documents={"piqa": list(range(6))})
+    assert chosen["tasks"]["piqa"] == limited["tasks"]["piqa"]
+    with pytest.raises(PrunelabError, match="not both"):
+        evaluate_zero_shot(model, tokenizer, ZeroShotSpec(tasks=["piqa"], limit=6),
+                           str(tmp_path), device, documents={"piqa": [0]})

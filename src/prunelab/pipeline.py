@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("Skipping: %s is complete (overwrite=true re-runs it)",
                      out_dir / RESULTS_FILE)
             return previous
-        if job["num"] is not None:
+        if job["num"] is not None and not run_cfg.save_model:  # a reused job saves no model
             reused = _reuse_sibling(out_dir, job, resolved)
             if reused is not None:
                 return reused

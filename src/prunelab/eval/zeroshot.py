@@ -47,8 +47,15 @@ def check_available(spec: ZeroShotSpec, cache_dir: str) -> None:
 
 
 def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: ZeroShotSpec,
-                       cache_dir: str, device: torch.device) -> dict[str, Any]:
-    """Accuracies of ``model`` on ``spec.tasks`` and the protocol's average (in [0, 1])."""
+                       cache_dir: str, device: torch.device,
+                       documents: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """Accuracies of ``model`` on ``spec.tasks`` and the protocol's average (in [0, 1]).
+
+    ``documents`` (task -> document indices, instead of ``spec.limit``) evaluates chosen
+    documents only, so that long evaluations can be split into resumable chunks.
+    """
+    if documents is not None and spec.limit is not None:
+        raise PrunelabError("Give either zero_shot.limit or a document selection, not both.")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -66,7 +73,9 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: ZeroShotSpe
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
               device=str(device))
     output = simple_evaluate(model=lm, tasks=list(names.values()), num_fewshot=0,
-                             limit=spec.limit, task_manager=manager, log_samples=False)
+                             limit=spec.limit, task_manager=manager, log_samples=False,
+                             samples=None if documents is None else
+                             {names[task]: list(indices) for task, indices in documents.items()})
     model.train(was_training)
     return _summarise(output, names, spec)
 
