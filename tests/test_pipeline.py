@@ -127,3 +127,12 @@ def test_folder_holding_another_jobs_results_is_refused(tiny_job, make_cfg):
                      "benchmark.perplexity.wikitext2.max_windows=2", "overwrite=true",
                      output_dir=out)
     assert pipeline.run(rerun)["metrics"]["perplexity"]["wikitext2"]["windows"] == 2
+
+
+def test_process_peak_memory_covers_every_phase(make_cfg, tmp_path):
+    results = pipeline.run(make_cfg("model=tiny_llama", "method=flap", "benchmark=smoke",
+                                    "calibration.nsamples=8", "logger=none"))
+    peaks = results["pruning"]["peak_memory_bytes"]
+    assert {"calibration", "scoring", "surgery"} <= set(peaks)
+    assert peaks["process_max_rss"] >= max(peaks[p] for p in ("calibration", "scoring",
+                                                               "surgery"))

@@ -10,7 +10,6 @@ no results.json.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 import traceback
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from prunelab.tracking.identity import (
     differing_keys,
     job_fingerprint,
 )
+from prunelab.tracking.meter import process_peak_rss_bytes
 from prunelab.tracking.plots import plot_kept_units
 from prunelab.tracking.results import (
     FAILURE_FILE,
@@ -139,7 +139,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
             "ratio_achieved": 1 - after["prunable"] / before["prunable"],
             "ratio_achieved_total": 1 - after["total"] / before["total"],
             "wall_time_s": {"total": prune_time, **outcome.timings_s},
-            "peak_memory_bytes": {"process_max_rss": _max_rss_bytes(),
+            "peak_memory_bytes": {"process_max_rss": process_peak_rss_bytes(),
                                   **outcome.peak_memory_bytes},
             "details": outcome.details,
             "plan": outcome.plan.to_dict() if outcome.plan is not None else None,
@@ -277,10 +277,6 @@ def _ensure_writable(out_dir: Path) -> None:
         raise PrunelabError(f"Output folder {str(out_dir)!r} is not writable ({err}). "
                             "Set paths.output_dir (or hydra.run.dir) to a writable folder.") \
             from err
-
-
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _now() -> str:

@@ -2,7 +2,9 @@
 
 Peak memory is the accelerator's peak allocation on CUDA, and on the CPU the process's peak
 resident set since the phase began (Linux resets ``VmHWM`` through ``/proc/self/clear_refs``;
-where that is not allowed the figure is the process peak so far, and says so).
+where that is not allowed the figure is the process peak so far, and says so). Resetting
+``VmHWM`` also resets what ``getrusage`` reports, so the process-wide peak is kept here:
+:func:`process_peak_rss_bytes`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+_peak_before_resets = 0
+
+
 def _reset_peak_rss() -> bool:
+    global _peak_before_resets
+    _peak_before_resets = max(_peak_before_resets, _peak_rss_bytes() or 0)
     try:
         _CLEAR_REFS.write_text("5")
         return True
@@ -34,6 +41,14 @@ def _peak_rss_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident memory of the whole process so far, across phase resets."""
+    import resource
+
+    current = _peak_rss_bytes() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(_peak_before_resets, current)
 
 
 class PhaseMeter:
