@@ -22,6 +22,7 @@ from prunelab.config.schema import RunConfig, job_container, validate
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
+from prunelab.eval.speed import measure_speed
 from prunelab.eval.zeroshot import check_available as check_zero_shot_available
 from prunelab.eval.zeroshot import evaluate_zero_shot
 from prunelab.methods import METHODS
@@ -121,6 +122,12 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         metrics["zero_shot"] = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot,
                                                   run_cfg.paths.cache_dir, loaded.device)
         eval_times["zero_shot"] = time.perf_counter() - t0
+    if run_cfg.benchmark.speed.enabled:
+        t0 = time.perf_counter()
+        metrics["speed"] = measure_speed(loaded.model, loaded.adapter, run_cfg.benchmark.speed,
+                                         loaded.device,
+                                         loaded.model.get_input_embeddings().num_embeddings)
+        eval_times["speed"] = time.perf_counter() - t0
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -221,6 +228,13 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
                          if m[key] is not None})
             flat[f"zero_shot/{task}"] = m["value"]
         flat["zero_shot/average"] = zero_shot["average"]["value"]
+    speed = results["metrics"].get("speed")
+    if speed:
+        for shape, m in speed["prefill"].items():
+            flat[f"speed/prefill_{shape}/median_s"] = m["median_s"]
+            flat[f"speed/prefill_{shape}/tokens_per_s"] = m["tokens_per_s"]
+        if "decode" in speed:
+            flat["speed/decode/tokens_per_s"] = speed["decode"]["tokens_per_s"]
     flat["params/after_total"] = results["parameters"]["after"]["total"]
     flat["pruning/ratio_achieved"] = results["pruning"]["ratio_achieved"]
     flat["pruning/wall_time_s"] = results["pruning"]["wall_time_s"]["total"]
@@ -234,6 +248,12 @@ def _check_context(run_cfg: RunConfig, loaded: LoadedModel) -> None:
                for n, s in run_cfg.benchmark.perplexity.items()}
     if METHODS.get(run_cfg.method.name).prunes:
         lengths["calibration.seqlen"] = run_cfg.calibration.seqlen
+    speed = run_cfg.benchmark.speed
+    lengths.update({f"benchmark.speed.grid[{i}] seqlen": entry[1]
+                    for i, entry in enumerate(speed.grid)})
+    if speed.decode_tokens:
+        lengths["benchmark.speed.decode_prompt + decode_tokens"] = (speed.decode_prompt
+                                                                    + speed.decode_tokens)
     too_long = [f"{k}={v}" for k, v in lengths.items() if v > limit]
     if too_long:
         raise PrunelabError(f"{', '.join(too_long)} exceeds the context length {limit} of "

@@ -108,6 +108,32 @@ class ZeroShotSpec:
 
 
 @dataclass
+class SpeedSpec:
+    """Inference speed (eval/speed.py); an empty grid and no decode = no speed part."""
+
+    grid: list[list[int]] = field(default_factory=list)  # [[batch, seqlen], ...] prefill shapes
+    decode_tokens: int = 0  # greedy new tokens timed with a KV cache (0: no decode timing)
+    decode_prompt: int = 32  # prompt length before the timed decode steps
+    warmup: int = 1
+    repeats: int = 5
+    seed: int = 0  # random token ids of the timed inputs
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.grid) or self.decode_tokens > 0
+
+    def check(self) -> list[str]:
+        problems = [f"grid entries are [batch, seqlen] with both >= 1, got {entry}"
+                    for entry in self.grid if len(entry) != 2 or min(entry) < 1]
+        if self.decode_tokens < 0 or self.decode_prompt < 1:
+            problems.append("decode_tokens must be >= 0 and decode_prompt >= 1")
+        if self.warmup < 0 or self.repeats < 1:
+            problems.append(f"warmup must be >= 0 and repeats >= 1, got {self.warmup}, "
+                            f"{self.repeats}")
+        return problems
+
+
+@dataclass
 class BenchmarkConfig:
     """A benchmark suite: which perplexities and zero-shot tasks, and how."""
 
@@ -116,14 +142,15 @@ class BenchmarkConfig:
     batch_size: int = 8
     perplexity: dict[str, PerplexitySpec] = field(default_factory=dict)
     zero_shot: ZeroShotSpec = field(default_factory=ZeroShotSpec)
+    speed: SpeedSpec = field(default_factory=SpeedSpec)
 
     def check(self) -> list[str]:
         problems = []
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.perplexity and not self.zero_shot.tasks:
-            problems.append("the suite measures nothing: give perplexity datasets or "
-                            "zero_shot.tasks")
+        if not self.perplexity and not self.zero_shot.tasks and not self.speed.enabled:
+            problems.append("the suite measures nothing: give perplexity datasets, "
+                            "zero_shot.tasks or a speed grid")
         return problems
 
 

@@ -94,6 +94,14 @@ def summary_table(results: dict[str, Any]) -> str:
                          f"{100 * metric['value']:.2f}"))
         rows.append((f"zero-shot average ({zero_shot['average']['convention']})",
                      f"{100 * zero_shot['average']['value']:.2f}"))
+    speed = results["metrics"].get("speed")
+    if speed:
+        for shape, metric in speed["prefill"].items():
+            rows.append((f"prefill {shape} median (tokens/s)",
+                         f"{1000 * metric['median_s']:.1f} ms ({metric['tokens_per_s']:.0f})"))
+        if "decode" in speed:
+            rows.append((f"decode {speed['decode']['new_tokens']} tokens",
+                         f"{speed['decode']['tokens_per_s']:.1f} tokens/s"))
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'field'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]

@@ -1,0 +1,124 @@
+"""Inference speed of the model in memory, and its multiply-accumulates per token.
+
+Structured pruning exists to make models faster, so speed is measured like perplexity: the
+same protocol for dense and pruned models, every setting recorded. Prefill latency is timed
+over a (batch, sequence length) grid, decode throughput as greedy steps with a KV cache; each
+after warm-up runs, repeated, reported as median with min/max, CUDA synchronised. MACs come
+from the per-layer geometry, so they give the speed-up a pruned geometry allows at most.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from prunelab.config.schema import SpeedSpec
+from prunelab.models.adapters import ModelAdapter
+from prunelab.tracking.meter import PhaseMeter
+
+
+def macs_per_token(adapter: ModelAdapter, context: float) -> dict[str, float]:
+    """Multiply-accumulates of one token's forward pass attending to ``context`` positions.
+
+    Linear layers (q/k/v/o, gate/up/down, the LM head) cost their weight count; attention
+    scores and the weighted sum of values cost ``2 * heads * head_dim * context``. A block
+    that lost all its heads (or channels) costs nothing for that sub-layer.
+    """
+    linear = attention = 0.0
+    for layer in adapter.layers:
+        g = layer.geometry
+        if layer.has_attention:
+            q_out, kv_out = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim
+            linear += g.hidden_size * (2 * q_out + 2 * kv_out)
+            attention += 2 * q_out * context
+        if layer.has_mlp:
+            linear += 3 * g.hidden_size * g.intermediate_size
+    head = adapter.lm_head.weight.numel()
+    return {"linear": linear, "attention": attention, "lm_head": float(head),
+            "total": linear + attention + head}
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
+           ) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times: list[float], tokens: int) -> dict[str, Any]:
+    median = statistics.median(times)
+    return {"median_s": median, "min_s": min(times), "max_s": max(times), "times_s": times,
+            "tokens": tokens, "tokens_per_s": tokens / median}
+
+
+@torch.no_grad()
+def measure_speed(model: torch.nn.Module, adapter: ModelAdapter, spec: SpeedSpec,
+                  device: torch.device, vocab_size: int) -> dict[str, Any]:
+    """Prefill latency over ``spec.grid`` and decode throughput, with peak memory and MACs."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(spec.seed)
+    meter = PhaseMeter(device)
+    prefill = {}
+    for batch, seqlen in tqdm(spec.grid, desc="prefill", unit="shape", leave=False):
+        ids = torch.randint(vocab_size, (batch, seqlen), generator=generator).to(device)
+        with meter.phase(f"prefill_{batch}x{seqlen}"):
+            times = _timed(lambda ids=ids: model(input_ids=ids, use_cache=False), device,
+                           spec.warmup, spec.repeats)
+        prefill[f"{batch}x{seqlen}"] = {
+            "batch": batch, "seqlen": seqlen, **_summary(times, batch * seqlen),
+            "peak_memory_bytes": meter.peak_memory_bytes[f"prefill_{batch}x{seqlen}"],
+            "macs_per_token": macs_per_token(adapter, (seqlen + 1) / 2)}
+    result: dict[str, Any] = {"prefill": prefill}
+    if spec.decode_tokens:
+        prompt = torch.randint(vocab_size, (1, spec.decode_prompt), generator=generator)
+        with meter.phase("decode"):
+            for _ in range(spec.warmup):
+                _decode_steps(model, prompt.to(device), spec.decode_tokens, device)
+            times = [_decode_steps(model, prompt.to(device), spec.decode_tokens, device)
+                     for _ in range(spec.repeats)]
+        result["decode"] = {
+            "prompt": spec.decode_prompt, "new_tokens": spec.decode_tokens,
+            **_summary(times, spec.decode_tokens),
+            "peak_memory_bytes": meter.peak_memory_bytes["decode"],
+            "macs_per_token": macs_per_token(
+                adapter, spec.decode_prompt + (spec.decode_tokens + 1) / 2)}
+    result["settings"] = {"device": str(device), "torch_threads": torch.get_num_threads(),
+                          "dtype": str(next(model.parameters()).dtype),
+                          "warmup": spec.warmup, "repeats": spec.repeats,
+                          "memory_kind": meter.memory_kind}
+    model.train(was_training)
+    return result
+
+
+def _decode_steps(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
+                  device: torch.device) -> float:
+    """Seconds for ``new_tokens`` greedy single-token steps with a KV cache after ``prompt``.
+
+    The prompt's prefill is not timed: it is the prefill grid's subject.
+    """
+    out = model(input_ids=prompt, use_cache=True)
+    cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(input_ids=token, cache=cache, use_cache=True)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
