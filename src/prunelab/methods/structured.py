@@ -8,6 +8,7 @@ one block; sequential methods (Wanda-sp) also see their own pruning while calibr
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -25,6 +26,13 @@ from prunelab.models.plan import PruningPlan, channel_index
 from prunelab.models.surgery import prune_model
 from prunelab.schedules import SCHEDULES, Pool, Schedule, build_pools
 from prunelab.schedules.base import select
+from prunelab.schedules.costs import CostModel, MacCost, ParameterCost
+from prunelab.schedules.targets import (
+    achieved_fractions,
+    cost_model_for,
+    total_cost,
+    zero_scores,
+)
 from prunelab.schedules.uniform import fill_priorities
 from prunelab.tracking.meter import PhaseMeter
 
@@ -70,11 +78,21 @@ class StructuredMethod(PruningMethod):
         adapter = loaded.adapter
         layers = adapter.layers
         meter = PhaseMeter(loaded.device)
+        params = run.schedule.params
+        dtype = next(loaded.model.parameters()).dtype
+        profiling = meter.phase("profiling") if params.target == "latency" \
+            else contextlib.nullcontext()
+        with profiling:  # measures unit latencies on first use, then reads them from the cache
+            cost_model = cost_model_for(params, layers, loaded.device, dtype,
+                                        run.paths.cache_dir)
+        currencies = {"params": ParameterCost(), "macs": MacCost((params.target_seqlen + 1) / 2),
+                      cost_model.name: cost_model}
+        totals_before = {name: total_cost(layers, model) for name, model in currencies.items()}
         calibration_info: dict[str, Any] = {"used": bool(self.statistics)}
         with meter.phase("calibration"):
             if self.sequential:
                 stats, removed, budget, cost = self._calibrate_sequentially(
-                    run, loaded, schedule, calibration_info)
+                    run, loaded, schedule, cost_model, calibration_info)
             else:
                 stats = self._calibrate(run, loaded, calibration_info)
         with meter.phase("scoring"):
@@ -82,7 +100,7 @@ class StructuredMethod(PruningMethod):
                 scores = [self._checked_score(i, layer, stats[i], schedule.comparable_scores)
                           for i, layer in enumerate(layers)]
                 pools = build_pools(layers, [s.heads for s in scores],
-                                    [s.channels for s in scores])
+                                    [s.channels for s in scores], cost_model)
                 allocation = schedule.allocate(pools, len(layers))
                 removed = _removed_per_layer(pools, allocation.removed, len(layers))
                 budget = sum(allocation.budgets.values())
@@ -93,16 +111,18 @@ class StructuredMethod(PruningMethod):
             pruned = prune_model(loaded.model, adapter, plan, means)
             loaded.model = pruned
             loaded.adapter = adapter_for(pruned)
-        total = sum(p.total_cost for p in build_pools(layers, *_zero_scores(layers)))
         return PruneOutcome(
-            ratio_asked=budget / total,
+            ratio_asked=budget / totals_before[cost_model.name],
             timings_s=meter.wall_time_s,
             peak_memory_bytes=meter.peak_memory_bytes,
             plan=plan,
             details={
                 "schedule": {"name": run.schedule.name, **asdict(run.schedule.params)},
-                "budget_params": budget,
-                "removed_params": cost,
+                "target": {"name": cost_model.name, "unit": cost_model.unit,
+                           "budget": budget, "removed": cost,
+                           "total": totals_before[cost_model.name]},
+                "achieved": achieved_fractions(totals_before, loaded.adapter.layers,
+                                               currencies),
                 "bias_compensation": self.bias_compensation,
                 "memory_kind": meter.memory_kind,
                 "calibration": calibration_info,
@@ -145,18 +165,20 @@ class StructuredMethod(PruningMethod):
             cache.save(stats)
         return stats
 
-    def _calibrate_sequentially(self, run, loaded, schedule: Schedule, info: dict):
+    def _calibrate_sequentially(self, run, loaded, schedule: Schedule, cost_model: CostModel,
+                                info: dict):
         """Score, allocate and mask block by block; later blocks see the masked outputs."""
         adapter = loaded.adapter
         layers = adapter.layers
-        targets = schedule.pool_targets(build_pools(layers, *_zero_scores(layers)), len(layers))
+        targets = schedule.pool_targets(build_pools(layers, *zero_scores(layers), cost_model),
+                                        len(layers))
         removed: list[dict[str, set[int]]] = []
         totals = {"target": 0.0, "removed": 0.0}
         target_iter = iter(targets)
 
         def on_layer(index: int, layer: LayerAdapter, stats: LayerStats) -> None:
             scores = self._checked_score(index, layer, stats, comparable=False)
-            pools = build_pools([layer], [scores.heads], [scores.channels])
+            pools = build_pools([layer], [scores.heads], [scores.channels], cost_model)
             pool_targets = [next(target_iter) for _ in pools]
             totals["target"] += sum(t * p.total_cost for t, p in zip(pool_targets, pools))
             chosen, cost = select(pools, [fill_priorities(p, t) for p, t in zip(pools,
@@ -183,12 +205,6 @@ class StructuredMethod(PruningMethod):
         except KeyError as err:
             raise PrunelabError("bias compensation needs the attn_input and mlp_input "
                                 "statistics; add them to the method's statistics.") from err
-
-
-def _zero_scores(layers: list[LayerAdapter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    geometry = [layer.geometry for layer in layers]
-    return ([torch.zeros(g.num_heads) for g in geometry],
-            [torch.zeros(g.intermediate_size) for g in geometry])
 
 
 def _removed_per_layer(pools: list[Pool], removed: list[list[int]],

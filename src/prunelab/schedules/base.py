@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry
@@ -23,7 +23,11 @@ from prunelab.schedules.pools import ATTENTION, MLP, Pool
 class ScheduleParams:
     """Fields every schedule has."""
 
-    ratio: float = 0.2  # fraction of q/k/v/o/gate/up/down parameters to remove
+    ratio: float = 0.2  # fraction of the prunable cost (q/k/v/o, gate/up/down) to remove
+    #: the cost the ratio is a fraction of: parameters, MACs per token, or measured latency
+    target: Literal["params", "macs", "latency"] = "params"
+    target_seqlen: int = 128  # sequence length the MAC count and the latency profile assume
+    target_batch: int = 1  # batch size of the latency profile
     attention_ratio: float | None = None  # fixed module split: fraction of attention removed
     protect_first: int = 0  # blocks at the start that are never pruned
     protect_last: int = 0  # blocks at the end that are never pruned
@@ -39,6 +43,8 @@ class ScheduleParams:
         for name in ("protect_first", "protect_last", "min_heads", "min_channels"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if self.target_seqlen < 1 or self.target_batch < 1:
+            problems.append("target_seqlen and target_batch must be >= 1")
         return problems
 
 
@@ -72,7 +78,7 @@ class Schedule(ABC):
         self.params = params
 
     def target_cost(self, pools: list[Pool], num_layers: int) -> float:
-        """Parameters this schedule is asked to remove from ``pools``."""
+        """Cost this schedule is asked to remove from ``pools``."""
         protected = [self._protected(p.layer, num_layers) for p in pools]
         return sum(g[1] for g in self._groups(pools, protected, num_layers).values())
 
@@ -120,7 +126,7 @@ class Schedule(ABC):
         if mlp_budget < 0 or mlp_budget > mlp:
             raise PrunelabError(
                 f"attention_ratio={self.params.attention_ratio} with ratio={ratio} needs the MLPs "
-                f"to lose {mlp_budget / max(mlp, 1):.3f} of their parameters, outside [0, 1]. "
+                f"to lose {mlp_budget / max(mlp, 1):.3f} of their cost, outside [0, 1]. "
                 "Choose an attention_ratio closer to the ratio."
             )
         return {ATTENTION: attn_budget, MLP: mlp_budget}
@@ -148,8 +154,9 @@ def select(pools: list[Pool], priorities: list[list[float]], budget: float,
     largest = max((pools[p].costs[pos] for _, p, pos in candidates), default=0.0)
     if budget > removable + largest / 2:
         raise PrunelabError(
-            f"The budget of {budget:,.0f} parameters cannot be met: only {removable:,.0f} are "
-            f"removable under {describe}. Lower the ratio, the floors or the protected blocks."
+            f"The budget of {budget:,.6g} (cost units of the schedule's target) cannot be met: "
+            f"only {removable:,.6g} is removable under {describe}. Lower the ratio, the floors "
+            "or the protected blocks."
         )
     cumulative, best_k, best_gap = 0.0, 0, abs(budget)
     for k, (_, p, pos) in enumerate(candidates, start=1):

@@ -1,11 +1,13 @@
-"""Prunable units grouped per (block, module), with their parameter costs.
+"""Prunable units grouped per (block, module), with their costs.
 
 A pool holds the units of one sub-layer (query heads of an attention, channels of an MLP),
 their scores, and the order in which they would be removed (lowest score first). Costs are
 *marginal* along that order, which is what makes grouped-query attention exact: removing a
-query head costs its q_proj rows and o_proj columns, and the last query head of a KV group
-also takes that group's k_proj / v_proj rows with it. Any prefix of the order therefore has an
-exact cost, and the whole pool costs exactly the sub-layer's parameters.
+query head costs its own share, and the last query head of a KV group also takes that group's
+k_proj / v_proj share with it; the last unit of a pool also carries what removing the whole
+sub-layer saves beyond its units (a cost model's ``fixed``). Any prefix of the order therefore
+has an exact cost, and the whole pool costs exactly the sub-layer. Costs are priced by a
+:class:`~prunelab.schedules.costs.CostModel` (parameters by default).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunelab.models.adapters import LayerAdapter
+from prunelab.schedules.costs import CostModel, ParameterCost
 
 ATTENTION, MLP = "attention", "mlp"
 
@@ -31,7 +34,7 @@ class Pool:
 
     @property
     def total_cost(self) -> float:
-        """Parameters of the whole sub-layer (every unit removed)."""
+        """Cost of the whole sub-layer (every unit removed)."""
         return float(sum(self.costs))
 
     @property
@@ -40,40 +43,41 @@ class Pool:
         return len(self.order)
 
 
-def _row_params(linear) -> int:
-    return linear.in_features + (1 if linear.bias is not None else 0)
-
-
-def attention_pool(index: int, layer: LayerAdapter, scores: torch.Tensor) -> Pool:
+def attention_pool(index: int, layer: LayerAdapter, scores: torch.Tensor,
+                   cost_model: CostModel) -> Pool:
     """Query heads of ``layer`` ordered by ascending score with GQA-aware marginal costs."""
-    hd = layer.head_dim
-    q_cost = hd * _row_params(layer.q_proj) + hd * layer.o_proj.out_features
-    kv_cost = hd * (_row_params(layer.k_proj) + _row_params(layer.v_proj))
+    prices = cost_model.attention(layer)
     kv_of = layer.kv_head_of()
     remaining = {kv: kv_of.count(kv) for kv in set(kv_of)}
     order = sorted(range(len(kv_of)), key=lambda h: (float(scores[h]), h))
     costs = []
     for head in order:
         remaining[kv_of[head]] -= 1
-        costs.append(float(q_cost + (kv_cost if remaining[kv_of[head]] == 0 else 0)))
+        costs.append(float(prices.per_unit
+                           + (prices.per_group if remaining[kv_of[head]] == 0 else 0)))
+    costs[-1] += prices.fixed
     return Pool(index, ATTENTION, scores, order, costs)
 
 
-def mlp_pool(index: int, layer: LayerAdapter, scores: torch.Tensor) -> Pool:
-    """MLP channels of ``layer`` ordered by ascending score; each costs 2 rows + 1 column."""
-    cost = _row_params(layer.gate_proj) + _row_params(layer.up_proj) + \
-        layer.down_proj.out_features
+def mlp_pool(index: int, layer: LayerAdapter, scores: torch.Tensor,
+             cost_model: CostModel) -> Pool:
+    """MLP channels of ``layer`` ordered by ascending score, each at the same price."""
+    prices = cost_model.mlp(layer)
     order = sorted(range(scores.numel()), key=lambda c: (float(scores[c]), c))
-    return Pool(index, MLP, scores, order, [float(cost)] * len(order))
+    costs = [float(prices.per_unit)] * len(order)
+    costs[-1] += prices.fixed
+    return Pool(index, MLP, scores, order, costs)
 
 
 def build_pools(layers: list[LayerAdapter], head_scores: list[torch.Tensor],
-                channel_scores: list[torch.Tensor]) -> list[Pool]:
+                channel_scores: list[torch.Tensor],
+                cost_model: CostModel | None = None) -> list[Pool]:
     """Two pools per block (attention, MLP), skipping sub-layers already removed."""
+    cost_model = cost_model or ParameterCost()
     pools = []
     for index, layer in enumerate(layers):
         if layer.has_attention:
-            pools.append(attention_pool(index, layer, head_scores[index]))
+            pools.append(attention_pool(index, layer, head_scores[index], cost_model))
         if layer.has_mlp:
-            pools.append(mlp_pool(index, layer, channel_scores[index]))
+            pools.append(mlp_pool(index, layer, channel_scores[index], cost_model))
     return pools
