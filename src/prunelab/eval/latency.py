@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.errors import PrunelabError
+from prunelab.eval.speed import time_calls
 from prunelab.models.adapters import LayerGeometry
 from prunelab.schedules.costs import UnitCosts
 
@@ -68,18 +68,7 @@ def profile_from_points(attention: list[tuple[list[float], float]],
 
 def _median_time(fn: Callable[[], Any], device: torch.device, warmup: int,
                  repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(fn, device, warmup, repeats))
 
 
 @torch.no_grad()

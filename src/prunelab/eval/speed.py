@@ -43,8 +43,9 @@ def macs_per_token(adapter: ModelAdapter, context: float) -> dict[str, float]:
             "total": linear + attention + head}
 
 
-def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
-           ) -> list[float]:
+def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
+               ) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -77,7 +78,7 @@ def measure_speed(model: torch.nn.Module, adapter: ModelAdapter, spec: SpeedSpec
     for batch, seqlen in tqdm(spec.grid, desc="prefill", unit="shape", leave=False):
         ids = torch.randint(vocab_size, (batch, seqlen), generator=generator).to(device)
         with meter.phase(f"prefill_{batch}x{seqlen}"):
-            times = _timed(lambda ids=ids: model(input_ids=ids, use_cache=False), device,
+            times = time_calls(lambda ids=ids: model(input_ids=ids, use_cache=False), device,
                            spec.warmup, spec.repeats)
         prefill[f"{batch}x{seqlen}"] = {
             "batch": batch, "seqlen": seqlen, **_summary(times, batch * seqlen),
