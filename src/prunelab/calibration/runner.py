@@ -33,14 +33,17 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
                          device: torch.device) -> tuple[torch.Tensor, dict]:
     """Hidden states entering block 0 for every sample, and the keyword arguments it gets."""
     first = adapter.decoder_layers[0]
-    captured: list[torch.Tensor] = []
+    buffer: list[torch.Tensor] = []  # one [nsamples, seqlen, hidden] tensor, filled in place
+    filled = [0]
     layer_kwargs: dict = {}
 
     def hook(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        captured.append(hidden.detach())
-        if not layer_kwargs:
+        if not buffer:  # allocated once: no list of batches and no concatenated copy
+            buffer.append(hidden.new_empty((samples.shape[0], *hidden.shape[1:])))
             layer_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        buffer[0][filled[0]:filled[0] + hidden.shape[0]] = hidden
+        filled[0] += hidden.shape[0]
         raise _StopForward
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
@@ -55,7 +58,7 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
     layer_kwargs["use_cache"] = False
     layer_kwargs.pop("cache", None)
     layer_kwargs.pop("past_key_values", None)
-    return torch.cat(captured), layer_kwargs
+    return buffer[0], layer_kwargs
 
 
 def _to_device(value, device: torch.device):
