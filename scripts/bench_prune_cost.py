@@ -73,7 +73,7 @@ def prune_cost(nsamples: int, cache: str, out: Path) -> dict:
     corpus = load_corpus(calib.dataset, calib.split, run.paths.data_dir)
     samples = sample_calibration(corpus, loaded.tokenizer, calib.nsamples, calib.seqlen,
                                  calib.seed, mode=calib.mode, joiner=calib.joiner)
-    buffers = 2 * samples.numel() * loaded.adapter.hidden_size * 4
+    buffers = 2 * samples.numel() * loaded.adapter.layers[0].hidden_size * 4
 
     meter = PhaseMeter(loaded.device)
     with meter.phase("forward"), torch.no_grad():

@@ -5,9 +5,12 @@ job with ``benchmark=speed``): prefill latency at 1 x 512 and 8 x 128 and greedy
 throughput (64 tokens after a 32-token prompt), median of 7 runs after 2 warm-ups. For every
 shape: measured speed-up over dense, the MAC-ratio speed-up (dense MACs per token / pruned MACs
 per token: the limit) and the efficiency ``measured / MAC-ratio`` (target >= 0.9 for prefill).
-Prints a Markdown table and writes JSON. Run it on an otherwise idle machine.
+Prints a Markdown table and writes JSON. Run it on an otherwise idle machine. ``--profile``
+also saves each model and writes, per model, the torch.profiler operator table of one 1 x 512
+prefill (``<out>/<job>/profile_1x512.txt``) and a summary of where the time goes.
 
     .venv/bin/python scripts/bench_speed.py                         # ~10 min on 2 CPU cores
+    .venv/bin/python scripts/bench_speed.py --profile
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["flap", "wanda_sp", "mag_sp"])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_speed")
+    parser.add_argument("--profile", action="store_true",
+                        help="save the models and profile one 1 x 512 prefill of each")
     args = parser.parse_args()
     configure_logging()
-    common = ["model=smollm2_135m", "benchmark=speed", "logger=none", "overwrite=true"]
+    common = ["model=smollm2_135m", "benchmark=speed", "logger=none", "overwrite=true",
+              f"save_model={str(args.profile).lower()}"]
     jobs = [("dense", 0.0, ["method=dense"])]
     jobs += [(m, r, [f"method={m}", f"schedule.ratio={r}"]) for r in args.ratios
              for m in args.methods]
@@ -44,11 +50,58 @@ def main() -> None:
                      "speed": results["metrics"]["speed"]})
     summary = [compare(row, rows[0]) for row in rows]
     table = render(summary)
+    if args.profile:
+        profiles = {f"{m}-{r}": profile_prefill(args.out / f"{m}-{r}") for m, r, _ in jobs}
+        table += "\n\n" + render_profiles(profiles)
+        for row in summary:
+            row["profile_ms"] = profiles[f"{row['method']}-{row['ratio']}"]
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_speed.md").write_text(table + "\n")
     (args.out / "bench_speed.json").write_text(json.dumps(
         {"rows": summary, "settings": rows[0]["speed"]["settings"]}, indent=1))
+
+
+#: operator name prefixes -> the part of the forward pass they are
+OPERATOR_GROUPS = {"linear": ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul"),
+                   "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product",
+                                 "aten::bmm", "aten::baddbmm", "aten::softmax"),
+                   "gqa gather": ("aten::index_select", "aten::repeat_interleave",
+                                  "aten::expand", "aten::clone", "aten::contiguous")}
+
+
+def profile_prefill(job_dir: Path, batch: int = 1, seqlen: int = 512) -> dict[str, float]:
+    """Self CPU milliseconds per operator group of one prefill of the saved model."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(job_dir / "model", dtype=torch.float32).eval()
+    ids = torch.randint(model.config.vocab_size, (batch, seqlen),
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(input_ids=ids, use_cache=False)
+    events = prof.key_averages()
+    (job_dir / f"profile_{batch}x{seqlen}.txt").write_text(
+        events.table(sort_by="self_cpu_time_total", row_limit=25))
+    groups = {name: 0.0 for name in [*OPERATOR_GROUPS, "other"]}
+    for event in events:
+        group = next((g for g, prefixes in OPERATOR_GROUPS.items()
+                      if event.key.startswith(prefixes)), "other")
+        groups[group] += event.self_cpu_time_total / 1000
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def render_profiles(profiles: dict[str, dict[str, float]]) -> str:
+    names = list(next(iter(profiles.values())))
+    lines = ["| model (1 x 512 prefill, self CPU ms) | " + " | ".join(names) + " |",
+             "|" + "---|" * (len(names) + 1)]
+    lines += [f"| {job} | " + " | ".join(f"{ms[n]:.0f}" for n in names) + " |"
+              for job, ms in profiles.items()]
+    return "\n".join(lines)
 
 
 def compare(row: dict, dense: dict) -> dict:

@@ -39,6 +39,8 @@ SCHEDULE_CASES = [
     ("global", ScheduleParams(ratio=0.3)),
     ("global", ScheduleParams(ratio=0.6, attention_ratio=0.5)),
     ("global", ScheduleParams(ratio=0.5, min_heads=1, min_channels=4)),
+    ("block", ScheduleParams(ratio=0.3)),
+    ("block", ScheduleParams(ratio=0.5, protect_first=1, min_heads=1)),
     ("explicit", ExplicitParams(ratios=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),
     ("explicit", ExplicitParams(attention_ratios=[0, 0, 1, 1, 0.5, 0.5],
                                 mlp_ratios=[0.9, 0.1, 0.2, 0.3, 0.0, 1.0])),

@@ -8,11 +8,14 @@ Kinds gather over all calibration tokens (batch x sequence flattened).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from prunelab.errors import UnsupportedModelError
 from prunelab.models.adapters import LayerAdapter
 from prunelab.registry import Registry
 
@@ -109,3 +112,165 @@ class MlpInputMoments(_InputMoments):
 
     name = "mlp_input"
     projection = "down_proj"
+
+
+def _weight_per_head(layer: LayerAdapter) -> torch.Tensor:
+    """``W_o`` as [hidden, heads, head_dim]: head g's columns are ``W_o[:, g]``."""
+    w = layer.o_proj.weight.detach()
+    return w.view(w.shape[0], -1, layer.head_dim)
+
+
+def head_contributions(layer: LayerAdapter, a: torch.Tensor) -> torch.Tensor:
+    """``W_o[:, S_g] A_g`` for every token and head: [tokens, heads, hidden]."""
+    a = a.detach().reshape(-1, a.shape[-1])
+    w = _weight_per_head(layer)
+    return torch.einsum("nhk,dhk->nhd", a.view(a.shape[0], w.shape[1], -1).to(w.dtype), w)
+
+
+def gated_silu_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> down(silu(gate(n2(x))) * up(n2(x)))`` computed from the weights.
+
+    The modules are not called, so no statistics hook sees these extra evaluations.
+    """
+    act = getattr(layer.mlp, "act_fn", None)
+    probe = torch.linspace(-6, 6, 49, dtype=layer.gate_proj.weight.dtype,
+                           device=layer.gate_proj.weight.device)
+    if act is None or not torch.allclose(act(probe), F.silu(probe)):
+        raise UnsupportedModelError(
+            f"{type(layer).__name__}: this statistic assumes the gated SiLU MLP "
+            f"down(silu(gate(x)) * up(x)); this model's MLP activation is {act!r}.")
+    norm = layer.mlp_norm
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    gate, up, down = layer.gate_proj, layer.up_proj, layer.down_proj
+
+    def mlp(x: torch.Tensor) -> torch.Tensor:
+        n = F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+        return F.linear(F.silu(F.linear(n, gate.weight, gate.bias)) *
+                        F.linear(n, up.weight, up.bias), down.weight, down.bias)
+
+    return mlp
+
+
+@STATISTICS.register("head_output_norm")
+class HeadOutputNorm(Collector):
+    """Mean over tokens of ``||W_o[:, S_g] A_g||_2`` per query head (LLM-BIP).
+
+    It is how much the attention output changes, token by token, when head g is removed.
+    """
+
+    name = "head_output_norm"
+
+    def attach(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+        def hook(_module, inputs, _output):
+            norms = head_contributions(self.layer, inputs[0]).norm(dim=-1).double().sum(0)
+            self.total = norms if self.total is None else self.total + norms
+            self.count += inputs[0].numel() // inputs[0].shape[-1]
+
+        self._handles.append(self.layer.o_proj.register_forward_hook(hook))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {"mean_norm": (self.total / self.count).cpu()}
+
+
+@STATISTICS.register("block_output_norm")
+class BlockOutputNorm(Collector):
+    """Mean over tokens of ``||y||_2`` of the block's output (LLM-BIP's global normaliser)."""
+
+    name = "block_output_norm"
+
+    def attach(self) -> None:
+        self.total, self.count = 0.0, 0
+
+        def hook(_module, _inputs, output):
+            y = output[0] if isinstance(output, tuple) else output
+            y = y.detach().reshape(-1, y.shape[-1])
+            self.total += float(y.double().norm(dim=-1).sum())
+            self.count += y.shape[0]
+
+        self._handles.append(self.layer.layer.register_forward_hook(hook))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {"mean_norm": torch.tensor(self.total / self.count, dtype=torch.float64)}
+
+
+@STATISTICS.register("mlp_ranges")
+class MlpRanges(Collector):
+    """Observed ranges the MLP Lipschitz bound needs.
+
+    The smallest RMS of the MLP input ``h``, and the largest ``|silu'(g) * u|`` and
+    ``|silu(g)|`` over tokens and channels.
+    """
+
+    name = "mlp_ranges"
+
+    def attach(self) -> None:
+        self.min_rms, self.max_dsilu_u, self.max_silu = float("inf"), 0.0, 0.0
+        self._gate: torch.Tensor | None = None
+
+        def on_norm(module, inputs, _output):
+            h = inputs[0].detach().double()
+            eps = getattr(module, "variance_epsilon", getattr(module, "eps", 0.0))
+            rms = (h.pow(2).mean(-1) + eps).sqrt()
+            self.min_rms = min(self.min_rms, float(rms.min()))
+
+        def on_gate(_module, _inputs, output):
+            self._gate = output.detach().double()
+
+        def on_up(_module, _inputs, output):
+            g, u = self._gate, output.detach().double()
+            s = torch.sigmoid(g)
+            dsilu = s * (1 + g * (1 - s))
+            self.max_dsilu_u = max(self.max_dsilu_u, float((dsilu * u).abs().max()))
+            self.max_silu = max(self.max_silu, float((g * s).abs().max()))
+
+        self._handles += [self.layer.mlp_norm.register_forward_hook(on_norm),
+                          self.layer.gate_proj.register_forward_hook(on_gate),
+                          self.layer.up_proj.register_forward_hook(on_up)]
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {key: torch.tensor(getattr(self, key), dtype=torch.float64)
+                for key in ("min_rms", "max_dsilu_u", "max_silu")}
+
+
+@STATISTICS.register("mlp_response")
+class MlpResponse(Collector):
+    """How much the MLP output moves when a head is removed (first ``MAX_TOKENS`` tokens).
+
+    Sums ``||MLP(h + dH_g) - MLP(h)||`` and ``||dH_g||`` over tokens and heads, with
+    ``dH_g = -W_o[:, S_g] A_g``; LLM-BIP's empirical Lipschitz estimate is their ratio.
+    """
+
+    name = "mlp_response"
+    MAX_TOKENS = 4096
+
+    def attach(self) -> None:
+        self.mlp = gated_silu_mlp(self.layer)
+        self.output_change, self.input_change, self.tokens = 0.0, 0.0, 0
+        self._a: torch.Tensor | None = None
+
+        def on_o_proj(_module, inputs, _output):
+            self._a = inputs[0].detach()
+
+        def on_norm(_module, inputs, _output):
+            room = self.MAX_TOKENS - self.tokens
+            if room <= 0:
+                return
+            h = inputs[0].detach().reshape(-1, inputs[0].shape[-1])[:room]
+            a = self._a.reshape(-1, self._a.shape[-1])[:room]
+            base = self.mlp(h)
+            for d_h in (-head_contributions(self.layer, a)).unbind(1):
+                self.output_change += float((self.mlp(h + d_h) - base).double().norm(dim=-1)
+                                            .sum())
+                self.input_change += float(d_h.double().norm(dim=-1).sum())
+            self.tokens += h.shape[0]
+
+        self._handles += [self.layer.o_proj.register_forward_hook(on_o_proj),
+                          self.layer.mlp_norm.register_forward_hook(on_norm)]
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {"output_change": torch.tensor(self.output_change, dtype=torch.float64),
+                "input_change": torch.tensor(self.input_change, dtype=torch.float64),
+                "tokens": torch.tensor(float(self.tokens), dtype=torch.float64)}
