@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from prunelab import pipeline
-from prunelab.calibration.runner import run_layerwise
-from prunelab.calibration.statistics import ChannelMoments
+from prunelab.calibration.runner import run_layerwise, run_streaming
+from prunelab.calibration.statistics import STATISTICS, ChannelMoments
+from prunelab.config.schema import validate
 from prunelab.data.calibration import sample_calibration
 from prunelab.data.corpora import load_corpus
-from prunelab.errors import PrunelabError
+from prunelab.errors import ConfigError, PrunelabError
 from prunelab.methods.flap import fluctuation_metric
 from prunelab.models.adapters import adapter_for
 from prunelab.models.tiny import byte_tokenizer
@@ -159,3 +160,27 @@ def test_ratio_out_of_range_is_rejected(make_cfg):
 
     with pytest.raises(ConfigError, match=r"ratio must be in \[0, 1\)"):
         validate(make_cfg("schedule.ratio=1.0"))
+
+
+@pytest.mark.parametrize("layout", ["mha", "gqa"])
+def test_streaming_statistics_equal_layerwise(layout):
+    model = tiny_model(layout).double()
+    tokens = torch.randint(0, 257, (7, 12), generator=torch.Generator().manual_seed(0))
+    kinds = sorted(STATISTICS.names())
+    layerwise = run_layerwise(adapter_for(model), tokens, kinds, 3, torch.device("cpu"))
+    streaming = run_streaming(adapter_for(model), tokens, kinds, 3, torch.device("cpu"))
+    for by_layer, by_stream in zip(layerwise, streaming):
+        assert by_layer.keys() == by_stream.keys() == set(kinds)
+        for kind in kinds:
+            for field, value in by_layer[kind].items():
+                torch.testing.assert_close(by_stream[kind][field], value, rtol=1e-10,
+                                           atol=1e-12)
+
+
+def test_engine_choices_are_checked(make_cfg):
+    with pytest.raises(ConfigError, match="offload needs engine=layerwise"):
+        validate(make_cfg("calibration.engine=streaming", "calibration.offload=true"))
+    with pytest.raises(PrunelabError, match="engine=streaming cannot apply"):
+        pipeline.run(make_cfg("model=tiny_llama", "method=wanda_sp", "benchmark=smoke",
+                              "calibration.nsamples=4", "calibration.engine=streaming",
+                              "logger=none"))

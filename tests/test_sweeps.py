@@ -21,6 +21,11 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 EXPECTED = {
     "flap_table2": (9, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.3, 0.5}}),
     "flap_zeroshot": (6, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.5}}),
+    "bip_vs_baselines": (15, {"method": {"dense", "bip", "flap", "wanda_sp", "mag_sp"},
+                              "ratio": {0.2, 0.3, 0.5}}),
+    "bip_ablation": (24, {"method": {"bip"}, "ratio": {0.3, 0.5},
+                          "lipschitz": {"bound", "empirical", "none"},
+                          "schedule": {"block", "global"}, "bias_compensation": {True, False}}),
     "flap_ablation": (12, {"method": {"flap"}, "ratio": {0.2},
                            "metric": {"IFV", "WIFV", "WIFN"}, "schedule": {"uniform", "global"},
                            "bias_compensation": {True, False}}),
@@ -52,6 +57,7 @@ def test_experiment_expands_to_its_jobs(experiment):
         values = {"method": run.method.name, "ratio": run.schedule.params.ratio,
                   "schedule": run.schedule.name,
                   "metric": getattr(run.method.params, "metric", None),
+                  "lipschitz": getattr(run.method.params, "lipschitz", None),
                   "bias_compensation": getattr(run.method.params, "bias_compensation", None)}
         for key in covers:
             seen[key].add(values[key])

@@ -1,8 +1,12 @@
-"""Run a model one decoder block at a time over the calibration samples.
+"""Run a model over the calibration samples while collectors gather statistics.
 
-Block 0's inputs are captured once; then block ``l`` runs over every sample while collectors
-gather statistics, and its outputs become block ``l+1``'s inputs. Only one block needs to be
-on the accelerator at a time (``offload``), and activations are held in two buffers of
+Two engines give the same statistics for one-shot methods. :func:`run_streaming` runs
+ordinary forward passes batch by batch with every block's collectors attached: memory is the
+weights plus one batch, time one forward pass. :func:`run_layerwise` runs one decoder block
+at a time over all samples, which is what offloading and sequential methods need: block 0's
+inputs are captured once; then block ``l`` runs over every sample while collectors gather
+statistics, and its outputs become block ``l+1``'s inputs. Only one block needs to be on the
+accelerator at a time (``offload``), and activations are held in two buffers of
 ``[nsamples, seqlen, hidden]``. In sequential mode a callback may change block ``l`` (e.g.
 mask its pruned units) after its statistics are gathered and before its outputs are computed,
 so that later blocks see the pruned outputs (Wanda-sp).
@@ -152,3 +156,29 @@ def _check_finite(index: int, stats: LayerStats) -> None:
                     "(activation overflow, e.g. in float16). Calibrate in float32 "
                     "(model.dtype=float32) or bfloat16."
                 )
+
+
+@torch.no_grad()
+def run_streaming(adapter: ModelAdapter, samples: torch.Tensor, statistics: list[str],
+                  batch_size: int, device: torch.device, desc: str = "calibration"
+                  ) -> list[LayerStats]:
+    """One-shot statistics of every block from ordinary forward passes (no LM head)."""
+    collector_classes = [STATISTICS.get(name) for name in statistics]
+    collectors = [[cls(layer) for cls in collector_classes] for layer in adapter.layers]
+    decoder = adapter.model.base_model
+    try:
+        for per_layer in collectors:
+            for collector in per_layer:
+                collector.attach()
+        for batch in tqdm(samples.split(batch_size), desc=desc, unit="batch"):
+            decoder(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for per_layer in collectors:
+            for collector in per_layer:
+                collector.detach()
+    results = []
+    for index, per_layer in enumerate(collectors):
+        stats = {c.name: c.result() for c in per_layer}
+        _check_finite(index, stats)
+        results.append(stats)
+    return results

@@ -166,9 +166,16 @@ class CalibrationConfig(TextSpec):
     mode: Literal["joined", "per_document"] = "joined"
     batch_size: int = 8  # samples per forward of one block
     offload: bool = False  # keep blocks off the accelerator except while each runs
+    #: ``streaming``: ordinary forward passes with every block's hooks attached (memory:
+    #: weights + one batch); ``layerwise``: block by block over all samples (needed for
+    #: offload and sequential methods); ``auto``: streaming unless one of those needs layerwise
+    engine: Literal["auto", "streaming", "layerwise"] = "auto"
 
     def check(self) -> list[str]:
         problems = super().check()
+        if self.engine == "streaming" and self.offload:
+            problems.append("engine=streaming keeps the whole model on the device; offload "
+                            "needs engine=layerwise (or auto)")
         if self.nsamples < 1 or self.seqlen < 1 or self.batch_size < 1:
             problems.append("nsamples, seqlen and batch_size must be >= 1")
         return problems

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from prunelab.calibration.cache import StatisticsCache
-from prunelab.calibration.runner import LayerStats, run_layerwise
+from prunelab.calibration.runner import LayerStats, run_layerwise, run_streaming
 from prunelab.data.calibration import sample_calibration
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import PrunelabError
@@ -159,15 +159,27 @@ class StructuredMethod(PruningMethod):
         stats = cache.load()
         info["cache_hit"] = stats is not None
         if stats is None:
-            stats = run_layerwise(loaded.adapter, self._samples(run, loaded),
-                                  list(self.statistics), run.calibration.batch_size,
-                                  loaded.device, offload=run.calibration.offload)
+            calib = run.calibration
+            samples = self._samples(run, loaded)
+            streaming = calib.engine == "streaming" or (calib.engine == "auto"
+                                                         and not calib.offload)
+            info["engine"] = "streaming" if streaming else "layerwise"
+            if streaming:
+                stats = run_streaming(loaded.adapter, samples, list(self.statistics),
+                                      calib.batch_size, loaded.device)
+            else:
+                stats = run_layerwise(loaded.adapter, samples, list(self.statistics),
+                                      calib.batch_size, loaded.device, offload=calib.offload)
             cache.save(stats)
         return stats
 
     def _calibrate_sequentially(self, run, loaded, schedule: Schedule, cost_model: CostModel,
                                 info: dict):
         """Score, allocate and mask block by block; later blocks see the masked outputs."""
+        if run.calibration.engine == "streaming":
+            raise PrunelabError(f"{type(self).__name__} is sequential: it calibrates block by "
+                                "block on pruned outputs, so calibration.engine=streaming "
+                                "cannot apply. Use engine=auto or layerwise.")
         adapter = loaded.adapter
         layers = adapter.layers
         targets = schedule.pool_targets(build_pools(layers, *zero_scores(layers), cost_model),
