@@ -139,3 +139,15 @@ def test_removed_sublayers_run_nothing():
     assert calls[0] == 0
     assert calls[2] == 6
     assert blocks[0].self_attn is None and blocks[0].mlp is None and blocks[2].self_attn is None
+
+
+def test_releasing_the_source_gives_the_same_model():
+    model = tiny_model("gqa")
+    plan, means = random_plan(model, 1), compensation(model, 2)
+    kept = prune_model(model, adapter_for(model), plan, means)
+    source = copy.deepcopy(model)
+    released = prune_model(source, adapter_for(source), plan, means, release_source=True)
+    tokens = torch.randint(0, 257, (2, 9), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(logits(kept, tokens), logits(released, tokens))
+    assert all(p.is_meta for p in source.model.layers.parameters())
+    assert released.model.embed_tokens.weight is source.model.embed_tokens.weight

@@ -108,7 +108,7 @@ class StructuredMethod(PruningMethod):
             plan = PruningPlan.from_removed(adapter, removed)
         with meter.phase("surgery"):
             means = self._compensation_means(stats) if self.bias_compensation else None
-            pruned = prune_model(loaded.model, adapter, plan, means)
+            pruned = prune_model(loaded.model, adapter, plan, means, release_source=True)
             loaded.model = pruned
             loaded.adapter = adapter_for(pruned)
         return PruneOutcome(

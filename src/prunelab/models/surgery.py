@@ -106,22 +106,37 @@ def _copy_linear(dst: nn.Linear, src: nn.Linear, rows=None, cols=None) -> None:
 
 @torch.no_grad()
 def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
-                means: Means | None = None) -> PrunelabForCausalLM:
-    """A new pruned model holding slices of ``model``'s weights (``model`` is left intact)."""
+                means: Means | None = None, release_source: bool = False
+                ) -> PrunelabForCausalLM:
+    """A new pruned model holding slices of ``model``'s weights.
+
+    ``model`` is left intact unless ``release_source``: then each source block is freed
+    (moved to the meta device) as soon as its pruned copy is made, and the embeddings, final
+    norm and head are shared rather than copied, so surgery needs the weights plus one block
+    instead of two copies of the model. The pipeline does this; ``model`` is unusable after.
+    """
     if len(plan.layers) != len(adapter.layers):
         raise PrunelabError(f"plan has {len(plan.layers)} layers, model {len(adapter.layers)}")
     config = pruned_config(adapter, plan, means)
     ref = next(model.parameters())
     with no_init_weights():
-        pruned = PrunelabForCausalLM(config)
+        pruned = PrunelabForCausalLM(config)  # untouched pages: memory is committed as filled
     pruned.to(dtype=ref.dtype)
     new_adapter_layers = pruned.model.layers
     for i, (layer, keep) in enumerate(zip(adapter.layers, plan.layers)):
         _fill_layer(new_adapter_layers[i], layer, keep, means[i] if means else (None, None))
-    pruned.model.embed_tokens.weight.data.copy_(adapter.embed_tokens.weight)
-    pruned.model.norm.weight.data.copy_(adapter.final_norm.weight)
-    if not config.tie_word_embeddings:
-        pruned.lm_head.weight.data.copy_(adapter.lm_head.weight)
+        if release_source:
+            adapter.decoder_layers[i].to("meta")
+    if release_source:
+        pruned.model.embed_tokens.weight = adapter.embed_tokens.weight
+        pruned.model.norm.weight = adapter.final_norm.weight
+        if not config.tie_word_embeddings:
+            pruned.lm_head.weight = adapter.lm_head.weight
+    else:
+        pruned.model.embed_tokens.weight.data.copy_(adapter.embed_tokens.weight)
+        pruned.model.norm.weight.data.copy_(adapter.final_norm.weight)
+        if not config.tie_word_embeddings:
+            pruned.lm_head.weight.data.copy_(adapter.lm_head.weight)
     pruned.tie_weights()
     return pruned.to(ref.device).eval()
 
