@@ -198,3 +198,20 @@ def test_launchers_run_a_two_job_sweep(launcher, tmp_path):
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert [r["config"]["seed"] for r in results] == [0, 1]
     assert (sweep / "table.md").is_file()
+
+
+def test_explicit_schedule_rows_show_the_fraction_asked(make_cfg, tmp_path):
+    from prunelab import pipeline
+
+    common = ["model=tiny_llama", "benchmark=smoke", "logger=none"]
+    results = []
+    for name, extra in (("dense", ["method=dense", "schedule=explicit",
+                                   "schedule.ratios=[0.1,0.5,0.3]"]),
+                        ("explicit", ["method=mag_sp", "schedule=explicit",
+                                      "schedule.ratios=[0.1,0.5,0.3]"])):
+        result = pipeline.run(make_cfg(*common, *extra, output_dir=tmp_path / name))
+        results.append({**result, "job": {**result["job"], "results_path": name}})
+    table = build_table(results)
+    asked = round(results[1]["pruning"]["ratio_asked"], 4)
+    assert asked == pytest.approx(0.3, abs=0.01)
+    assert [(row.method, row.ratio) for row in table.rows] == [("dense", 0.0), ("mag_sp", asked)]

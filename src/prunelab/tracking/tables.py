@@ -179,10 +179,9 @@ def build_table(results: list[dict[str, Any]]) -> ResultTable:
                     "separate tables.")
             rows[key] = Row(method, ratio, variant, result["parameters"]["after"]["total"],
                             values_of(result), [result["job"]["results_path"]])
-    swept_ratios = {float(r["config"]["schedule"]["ratio"]) for r in results
-                    if r["config"].get("schedule")} - {0.0}
     return ResultTable(results[0]["model"]["name"], columns,
-                       _arrange(rows, list(by_method), swept_ratios), _protocol(results[0]))
+                       _arrange(rows, list(by_method), _swept_ratios(results)),
+                       _protocol(results[0]))
 
 
 def write_table(table: ResultTable, folder: Path, stem: str = "table") -> dict[str, Path]:
@@ -213,8 +212,18 @@ def _protocol(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ratio(result: dict[str, Any]) -> float:
-    schedule = result["config"].get("schedule") or {}
-    return 0.0 if result["pruning"]["plan"] is None else float(schedule.get("ratio", 0.0))
+    """The fraction the job asked for (explicit schedules: what their lists add up to)."""
+    return 0.0 if result["pruning"]["plan"] is None else round(result["pruning"]["ratio_asked"], 4)
+
+
+def _swept_ratios(results: list[dict[str, Any]]) -> set[float]:
+    """Every ratio of the sweep, also those only a dense job (which ignores it) was given."""
+    ratios = {_ratio(r) for r in results}
+    for result in results:
+        schedule = result["config"].get("schedule") or {}
+        if result["pruning"]["plan"] is None and schedule.get("name") != "explicit":
+            ratios.add(round(float(schedule.get("ratio", 0.0)), 4))
+    return ratios - {0.0}
 
 
 def _variant_labels(group: list[dict[str, Any]]) -> list[str]:
