@@ -244,7 +244,7 @@ class MlpResponse(Collector):
     """
 
     name = "mlp_response"
-    MAX_TOKENS = 4096
+    MAX_TOKENS = 1024
 
     def attach(self) -> None:
         self.mlp = gated_silu_mlp(self.layer)

@@ -14,7 +14,7 @@ prunelab's formulation (METHODS.md), computed from one calibration pass of the u
   ``bound``: ``||W_d|| (max|silu'(g) u| ||W_g|| + max|silu(g)| ||W_u||) max|w_n2| / min rms(h)``
   from spectral norms and the activation ranges observed on the calibration tokens;
   ``empirical``: ``sum ||MLP(h + dH_g) - MLP(h)|| / sum ||dH_g||`` over the observed
-  head-removal directions (first 4096 tokens of each block); ``none``: ``L = 0``.
+  head-removal directions (first 1024 tokens of each block); ``none``: ``L = 0``.
 - Heads and channels are ranked by importance per parameter (their own q/o or gate/up/down
   weights); ``schedule=block`` (default) ranks them together within each block, and
   ``schedule=global`` divides every score by its block's mean output norm ``E||y_l||``.
