@@ -106,6 +106,8 @@ def test_sweep_ends_with_table_plot_and_wandb_summary(tiny_sweep):
     assert [line.split(" | ")[0:2] for line in lines[2:]] == [
         ["| dense", "0%"], ["| mag_sp", "20%"], ["| mag_sp", "50%"]]
     assert len(list(tiny_sweep.glob("wandb/offline-run-*"))) == 1  # the summary run
+    assert list(tiny_sweep.glob("wandb/offline-run-*/files/media/table/sweep_table*"))
+    assert list(tiny_sweep.glob("wandb/offline-run-*/files/media/images/metrics_vs_ratio*"))
     groups = {json.loads(p.read_text())["job"]["group"] for p in tiny_sweep.glob("*/results.json")}
     assert groups == {"default/sweep"}
 
