@@ -127,6 +127,11 @@ def head_contributions(layer: LayerAdapter, a: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nhk,dhk->nhd", a.view(a.shape[0], w.shape[1], -1).to(w.dtype), w)
 
 
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (LLaMA names it ``variance_epsilon``, others ``eps``)."""
+    return getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0))
+
+
 def gated_silu_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> down(silu(gate(n2(x))) * up(n2(x)))`` computed from the weights.
 
@@ -140,7 +145,7 @@ def gated_silu_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor
             f"{type(layer).__name__}: this statistic assumes the gated SiLU MLP "
             f"down(silu(gate(x)) * up(x)); this model's MLP activation is {act!r}.")
     norm = layer.mlp_norm
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    eps = norm_eps(norm)
     gate, up, down = layer.gate_proj, layer.up_proj, layer.down_proj
 
     def mlp(x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +217,7 @@ class MlpRanges(Collector):
 
         def on_norm(module, inputs, _output):
             h = inputs[0].detach().double()
-            eps = getattr(module, "variance_epsilon", getattr(module, "eps", 0.0))
+            eps = norm_eps(module)
             rms = (h.pow(2).mean(-1) + eps).sqrt()
             self.min_rms = min(self.min_rms, float(rms.min()))
 
