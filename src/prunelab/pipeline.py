@@ -35,7 +35,7 @@ from prunelab.tracking.identity import (
     job_fingerprint,
 )
 from prunelab.tracking.meter import process_peak_rss_bytes
-from prunelab.tracking.plots import plot_kept_units
+from prunelab.tracking.plots import plot_kept_units, plot_module_allocation
 from prunelab.tracking.results import (
     FAILURE_FILE,
     RESULTS_FILE,
@@ -110,6 +110,12 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
                                f"{run_cfg.model.name} {run_cfg.method.name} "
                                f"ratio {outcome.ratio_asked:.2f}", out_dir / "kept_units.png")
         logger.log_image("kept_units", plot)
+        blocks = outcome.details.get("blocks", [])
+        if blocks and "attention_score" in blocks[0]:
+            plot = plot_module_allocation(blocks, layers_before,
+                                          f"{run_cfg.model.name} {run_cfg.method.name} module "
+                                          f"scores and allocation", out_dir / "modules.png")
+            logger.log_image("modules", plot)
     if run_cfg.save_model:
         _save_model(loaded, outcome, out_dir / "model")
 

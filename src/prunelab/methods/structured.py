@@ -26,6 +26,7 @@ from prunelab.models.plan import PruningPlan, channel_index
 from prunelab.models.surgery import prune_model
 from prunelab.schedules import SCHEDULES, Pool, Schedule, build_pools
 from prunelab.schedules.base import select
+from prunelab.schedules.pools import ATTENTION, MLP
 from prunelab.schedules.costs import CostModel, MacCost, ParameterCost
 from prunelab.schedules.targets import (
     achieved_fractions,
@@ -58,6 +59,8 @@ class StructuredMethod(PruningMethod):
     statistics: ClassVar[tuple[str, ...]] = ()
     #: Calibrate each block on the outputs of the already-pruned previous blocks.
     sequential: ClassVar[bool] = False
+    #: The method also scores each sub-layer as a whole (:meth:`module_scores`).
+    scores_modules: ClassVar[bool] = False
 
     @classmethod
     def uses_calibration(cls) -> bool:
@@ -67,6 +70,10 @@ class StructuredMethod(PruningMethod):
     def score(self, index: int, layer: LayerAdapter, stats: LayerStats,
               comparable: bool) -> LayerScores:
         """Scores of block ``index``; ``comparable`` asks for scores comparable across blocks."""
+
+    def module_scores(self, run: Any, loaded: Any, info: dict) -> list[tuple[float, float]]:
+        """Importance of each block's attention and MLP as wholes (``scores_modules``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not score whole modules")
 
     @property
     def bias_compensation(self) -> bool:
@@ -88,6 +95,7 @@ class StructuredMethod(PruningMethod):
         currencies = {"params": ParameterCost(), "macs": MacCost((params.target_seqlen + 1) / 2),
                       cost_model.name: cost_model}
         totals_before = {name: total_cost(layers, model) for name, model in currencies.items()}
+        layers_before = [layer.geometry for layer in layers]
         calibration_info: dict[str, Any] = {"used": bool(self.statistics)}
         with meter.phase("calibration"):
             if self.sequential:
@@ -95,12 +103,16 @@ class StructuredMethod(PruningMethod):
                     run, loaded, schedule, cost_model, calibration_info)
             else:
                 stats = self._calibrate(run, loaded, calibration_info)
+        modules = None
+        if self.scores_modules:
+            with meter.phase("module_scoring"):
+                modules = self.module_scores(run, loaded, calibration_info)
         with meter.phase("scoring"):
             if not self.sequential:
                 scores = [self._checked_score(i, layer, stats[i], schedule.comparable_scores)
                           for i, layer in enumerate(layers)]
                 pools = build_pools(layers, [s.heads for s in scores],
-                                    [s.channels for s in scores], cost_model)
+                                    [s.channels for s in scores], cost_model, modules)
                 allocation = schedule.allocate(pools, len(layers))
                 removed = _removed_per_layer(pools, allocation.removed, len(layers))
                 budget = sum(allocation.budgets.values())
@@ -127,6 +139,7 @@ class StructuredMethod(PruningMethod):
                 "memory_kind": meter.memory_kind,
                 "calibration": calibration_info,
                 "kept_heads": [layer.heads for layer in plan.layers],
+                "blocks": _block_report(layers_before, plan, modules, schedule.report()),
             },
         )
 
@@ -225,6 +238,28 @@ def _removed_per_layer(pools: list[Pool], removed: list[list[int]],
     for pool, units in zip(pools, removed):
         per_layer[pool.layer][pool.module] = set(units)
     return per_layer
+
+
+def _block_report(geometries: list, plan: PruningPlan,
+                  modules: list[tuple[float, float]] | None,
+                  decisions: dict[tuple[int, str], dict]) -> list[dict[str, Any]]:
+    """Per block: heads and channels removed, whole sub-layers removed, module scores."""
+    report = []
+    for index, (g, keep) in enumerate(zip(geometries, plan.layers)):
+        entry: dict[str, Any] = {
+            "layer": index,
+            "removed_heads": g.num_heads - len(keep.heads),
+            "removed_channels": g.intermediate_size - len(keep.channels),
+            "attention_removed": g.num_heads > 0 and not keep.heads,
+            "mlp_removed": g.intermediate_size > 0 and not keep.channels,
+        }
+        if modules is not None:
+            entry["attention_score"], entry["mlp_score"] = map(float, modules[index])
+        for module in (ATTENTION, MLP):
+            if (index, module) in decisions:
+                entry[f"{module}_decision"] = decisions[(index, module)]
+        report.append(entry)
+    return report
 
 
 def _mask_block(layer: LayerAdapter, gone: dict[str, set[int]]) -> None:

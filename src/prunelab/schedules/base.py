@@ -86,10 +86,10 @@ class Schedule(ABC):
     def allocate(self, pools: list[Pool], num_layers: int) -> Allocation:
         """Removed units per pool, every group within half a unit of its budget."""
         protected = [self._protected(p.layer, num_layers) for p in pools]
-        floors = [self.floor(p) for p in pools]
+        groups = self._groups(pools, protected, num_layers)
+        floors = [self.floor(p) for p in pools]  # after _groups, which may decide them
         removed: list[list[int]] = [[] for _ in pools]
         budgets, costs = {}, {}
-        groups = self._groups(pools, protected, num_layers)
         for key, (members, budget, priorities) in groups.items():
             chosen, cost = select([pools[i] for i in members], priorities, budget,
                                   [floors[i] for i in members], repr(self.params))
@@ -97,6 +97,10 @@ class Schedule(ABC):
                 removed[i] = units
             budgets[key], costs[key] = budget, cost
         return Allocation(removed, budgets, costs)
+
+    def report(self) -> dict[tuple[int, str], dict]:
+        """Per (block, module), what the last allocation decided beyond the removed units."""
+        return {}
 
     def floor(self, pool: Pool) -> int:
         """Units of ``pool`` that must be kept (``min_heads`` / ``min_channels``)."""

@@ -31,6 +31,10 @@ class Pool:
     scores: torch.Tensor
     order: list[int] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
+    #: what removing the whole sub-layer saves beyond its units (carried by the last unit)
+    fixed: float = 0.0
+    #: importance of the sub-layer as a whole, for schedules that size modules (``dynamic``)
+    module_score: float | None = None
 
     @property
     def total_cost(self) -> float:
@@ -56,7 +60,7 @@ def attention_pool(index: int, layer: LayerAdapter, scores: torch.Tensor,
         costs.append(float(prices.per_unit
                            + (prices.per_group if remaining[kv_of[head]] == 0 else 0)))
     costs[-1] += prices.fixed
-    return Pool(index, ATTENTION, scores, order, costs)
+    return Pool(index, ATTENTION, scores, order, costs, prices.fixed)
 
 
 def mlp_pool(index: int, layer: LayerAdapter, scores: torch.Tensor,
@@ -66,18 +70,26 @@ def mlp_pool(index: int, layer: LayerAdapter, scores: torch.Tensor,
     order = sorted(range(scores.numel()), key=lambda c: (float(scores[c]), c))
     costs = [float(prices.per_unit)] * len(order)
     costs[-1] += prices.fixed
-    return Pool(index, MLP, scores, order, costs)
+    return Pool(index, MLP, scores, order, costs, prices.fixed)
 
 
 def build_pools(layers: list[LayerAdapter], head_scores: list[torch.Tensor],
-                channel_scores: list[torch.Tensor],
-                cost_model: CostModel | None = None) -> list[Pool]:
-    """Two pools per block (attention, MLP), skipping sub-layers already removed."""
+                channel_scores: list[torch.Tensor], cost_model: CostModel | None = None,
+                module_scores: list[tuple[float, float]] | None = None) -> list[Pool]:
+    """Two pools per block (attention, MLP), skipping sub-layers already removed.
+
+    ``module_scores`` gives each block's (attention, MLP) importance as a whole, when the
+    method measures one.
+    """
     cost_model = cost_model or ParameterCost()
     pools = []
     for index, layer in enumerate(layers):
         if layer.has_attention:
             pools.append(attention_pool(index, layer, head_scores[index], cost_model))
+            if module_scores is not None:
+                pools[-1].module_score = float(module_scores[index][0])
         if layer.has_mlp:
             pools.append(mlp_pool(index, layer, channel_scores[index], cost_model))
+            if module_scores is not None:
+                pools[-1].module_score = float(module_scores[index][1])
     return pools

@@ -34,6 +34,41 @@ def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: 
     return path
 
 
+def plot_module_allocation(blocks: list[dict], layers_before: list[dict], title: str,
+                           path: Path) -> Path:
+    """Module scores per block (log scale) over the fraction of each sub-layer removed.
+
+    ``blocks`` is a method's ``details["blocks"]`` with module scores; wholly removed
+    sub-layers are hatched.
+    """
+    index = [b["layer"] for b in blocks]
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.28 * len(index) + 2), 5.5), sharex=True)
+    sizes = {"attention": ("removed_heads", "num_heads"),
+             "mlp": ("removed_channels", "intermediate_size")}
+    for offset, (module, color) in ((-0.2, ("attention", "tab:blue")),
+                                    (0.2, ("mlp", "tab:green"))):
+        scores = [max(b[f"{module}_score"], 1e-12) for b in blocks]
+        axes[0].bar([i + offset for i in index], scores, width=0.4, color=color, label=module)
+        removed, total = sizes[module]
+        fractions = [b[removed] / max(before[total], 1) for b, before in zip(blocks,
+                                                                             layers_before)]
+        hatches = ["//" if b[f"{module}_removed"] else "" for b in blocks]
+        for i, fraction, hatch in zip(index, fractions, hatches):
+            axes[1].bar(i + offset, fraction, width=0.4, color=color, hatch=hatch,
+                        edgecolor="black" if hatch else color)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("module score")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[0].set_title(title, fontsize=10)
+    axes[1].set_ylabel("fraction removed (hatched: whole)")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_xlabel("block")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_metric_vs_ratio(table, path: Path) -> Path:
     """One panel per column: the metric against the pruning ratio, one line per method row.
 

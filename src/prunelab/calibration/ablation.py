@@ -1,0 +1,235 @@
+"""How much the model changes when a sub-layer is replaced by its mean output.
+
+Interaction-guided pruning asks the model itself which modules matter: every sub-layer ``m``
+(the attention or the MLP of a block) is removed, i.e. its output replaced by its mean over the
+calibration tokens (what bias compensation leaves of a wholly removed module), and the change
+of the model is measured with the other modules intact. Estimators (METHODS.md):
+
+- ``entropy``: ``|H(Z_full) - H(Z_without_m)|`` with ``H(Z) = sum_c log std_c(Z)``, the
+  Gaussian entropy (up to constants) of the final hidden states ``Z`` (the final norm's
+  output, what the LM head reads) over all calibration tokens;
+- ``kl``: ``E_tokens KL(p_full || p_without_m)`` of the next-token distributions;
+- ``cosine``: ``E_tokens [1 - cos(h_in, h_out)]`` across the module in the unchanged model
+  (LLM-Drop's criterion): no extra forward passes.
+
+Adjacent modules in execution order (attention l, MLP l, attention l+1, ...) are also removed
+in pairs, giving ``s_{m,m'}``; :meth:`ModuleEffects.folded` turns them into interactions.
+Removing a module of block ``l`` changes nothing before block ``l``, so the inputs of the
+current block are kept and each removal runs only blocks ``l..L-1``: ``2L(L+1)`` block passes
+for singles and pairs, against ``L`` per pass for the full model re-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelab.calibration.runner import _kwargs_for, _to_device, capture_block_inputs
+from prunelab.calibration.statistics import ChannelMoments
+from prunelab.errors import PrunelabError, unknown_name_message
+from prunelab.models.adapters import ModelAdapter
+
+ESTIMATORS = ("entropy", "kl", "cosine")
+ATTENTION, MLP = 0, 1
+
+
+@dataclass
+class ModuleEffects:
+    """Module scores: ``single[l, j]`` (j = 0 attention, 1 MLP) and adjacent ``pair[k]``.
+
+    Modules are numbered in execution order, ``k = 2 l + j``; ``pair[k]`` removes modules ``k``
+    and ``k + 1`` together. ``pair`` is None when pairs were not measured.
+    """
+
+    single: torch.Tensor
+    pair: torch.Tensor | None = None
+
+    def interactions(self) -> torch.Tensor:
+        """``I(k, k+1) = s_{k,k+1} - s_k - s_{k+1}`` for every adjacent pair."""
+        if self.pair is None:
+            raise PrunelabError("interactions need the pair removals, which were not measured")
+        flat = self.single.flatten()
+        return self.pair - flat[:-1] - flat[1:]
+
+    def folded(self) -> torch.Tensor:
+        """``s_m + 1/2 sum_{m' adjacent} I(m, m')`` per module, as ``[num_layers, 2]``.
+
+        Each pair's interaction is shared equally by its two modules (the pairwise Shapley
+        split), so a module whose loss a neighbour covers (negative interaction: removing both
+        hurts less than the sum) becomes cheaper to remove.
+        """
+        flat = self.single.flatten().clone()
+        shared = self.interactions() / 2
+        flat[:-1] += shared
+        flat[1:] += shared
+        return flat.view_as(self.single)
+
+
+def check_estimator(name: str) -> None:
+    """Refuse an unknown estimator, listing the valid ones."""
+    if name not in ESTIMATORS:
+        raise PrunelabError(unknown_name_message("module estimator", name, ESTIMATORS))
+
+
+@contextlib.contextmanager
+def replaced_by_mean(modules: list[tuple[nn.Module, torch.Tensor]]) -> Iterator[None]:
+    """Make each module output its mean (a constant vector per token) while inside."""
+
+    def hook_for(mean: torch.Tensor):
+        def hook(_module, _inputs, output):
+            if isinstance(output, tuple):
+                return (mean.to(output[0].dtype).expand_as(output[0]), *output[1:])
+            return mean.to(output.dtype).expand_as(output)
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(mean)) for module, mean in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _block_output(block: nn.Module, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
+    out = block(hidden, **_kwargs_for(layer_kwargs, hidden.shape[0]))
+    return out[0] if isinstance(out, tuple) else out
+
+
+class _Reference:
+    """One pass of the unchanged model: module means, cosine effects, final states."""
+
+    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, layer_kwargs: dict,
+                 batch_size: int, keep_final: bool):
+        layers = adapter.layers
+        n = len(layers)
+        self.sums = [[None, None] for _ in range(n)]
+        self.count = 0
+        # 1 - cos across module k (single) and across modules k, k+1 (pair), summed over tokens
+        self.cos_single = torch.zeros(2 * n, dtype=torch.float64)
+        self.cos_pair = torch.zeros(2 * n - 1, dtype=torch.float64)
+        self.moments = ChannelMoments()
+        self.final = torch.empty_like(inputs) if keep_final else None
+        blocks = adapter.decoder_layers
+        for start in range(0, inputs.shape[0], batch_size):
+            hidden = inputs[start:start + batch_size]
+            streams = [hidden]  # residual stream before module 0, after module 0, 1, ...
+            for index, layer in enumerate(layers):
+                outputs: list[torch.Tensor] = []
+                handles = [
+                    layer.attention.register_forward_hook(
+                        lambda _m, _i, o: outputs.append(o[0] if isinstance(o, tuple) else o)),
+                    layer.mlp.register_forward_hook(lambda _m, _i, o: outputs.append(o)),
+                ]
+                try:
+                    hidden = _block_output(blocks[index], hidden, layer_kwargs)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                for j, out in enumerate(outputs):
+                    total = out.double().sum(dim=(0, 1))
+                    self.sums[index][j] = total if self.sums[index][j] is None \
+                        else self.sums[index][j] + total
+                streams += [streams[-1] + outputs[0], hidden]
+            self.count += hidden.shape[0] * hidden.shape[1]
+            for k in range(2 * n):
+                self.cos_single[k] += _one_minus_cos(streams[k], streams[k + 1])
+                if k + 2 < len(streams):
+                    self.cos_pair[k] += _one_minus_cos(streams[k], streams[k + 2])
+            final = adapter.final_norm(hidden)
+            self.moments.update(final)
+            if self.final is not None:
+                self.final[start:start + hidden.shape[0]] = final
+
+    def mean(self, layer: int, module: int) -> torch.Tensor:
+        """Mean output of a sub-layer over every calibration token."""
+        return self.sums[layer][module] / self.count
+
+
+def _one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((1 - F.cosine_similarity(a.double(), b.double(), dim=-1)).sum())
+
+
+def gaussian_entropy(moments: ChannelMoments) -> float:
+    """``sum_c log std_c``: the entropy of a diagonal Gaussian up to constants."""
+    return float(0.5 * moments.result()["var"].clamp_min(1e-300).log().sum())
+
+
+def _token_kl(reference: torch.Tensor, changed: torch.Tensor, head: nn.Module,
+              chunk: int = 256) -> float:
+    """Sum over tokens of KL(p_reference || p_changed) from final hidden states.
+
+    In chunks of tokens: float64 log-probabilities over a vocabulary are large.
+    """
+    reference = reference.reshape(-1, reference.shape[-1])
+    changed = changed.reshape(-1, changed.shape[-1])
+    total = 0.0
+    for start in range(0, reference.shape[0], chunk):
+        log_p = F.log_softmax(head(reference[start:start + chunk]).double(), dim=-1)
+        log_q = F.log_softmax(head(changed[start:start + chunk]).double(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum())
+    return total
+
+
+@torch.no_grad()
+def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimator: str,
+                           pairs: bool, batch_size: int, device: torch.device,
+                           desc: str = "module removal") -> ModuleEffects:
+    """Score every sub-layer (and adjacent pair when ``pairs``) by removing it."""
+    check_estimator(estimator)
+    layers = adapter.layers
+    if not all(layer.has_attention and layer.has_mlp for layer in layers):
+        raise PrunelabError("module effects are measured on the unpruned model; this one "
+                            "already lacks whole sub-layers")
+    n = len(layers)
+    model_device = next(adapter.embed_tokens.parameters()).device
+    inputs, layer_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
+    layer_kwargs = _to_device(layer_kwargs, device)
+    reference = _Reference(adapter, inputs, layer_kwargs, batch_size,
+                           keep_final=estimator == "kl")
+    if estimator == "cosine":
+        single = reference.cos_single / reference.count
+        pair = reference.cos_pair / reference.count if pairs else None
+        return ModuleEffects(single.view(n, 2), pair)
+    modules = [(layer.attention, layer.mlp) for layer in layers]
+    entropy_full = gaussian_entropy(reference.moments)
+    single = torch.zeros(2 * n, dtype=torch.float64)
+    pair = torch.zeros(2 * n - 1, dtype=torch.float64)
+    blocks = adapter.decoder_layers
+    total = 2 * n + (2 * n - 1 if pairs else 0)
+    with tqdm(total=total, desc=desc, unit="removal") as bar:
+        for index in range(n):
+            first = 2 * index
+            removals = [((first,), single, first), ((first + 1,), single, first + 1)]
+            if pairs:
+                removals.append(((first, first + 1), pair, first))
+                if index + 1 < n:
+                    removals.append(((first + 1, first + 2), pair, first + 1))
+            for removed, target, slot in removals:
+                patched = [(modules[k // 2][k % 2], reference.mean(k // 2, k % 2))
+                           for k in removed]
+                moments, kl = ChannelMoments(), 0.0
+                with replaced_by_mean(patched):
+                    for start in range(0, inputs.shape[0], batch_size):
+                        hidden = inputs[start:start + batch_size]
+                        for later in range(index, n):
+                            hidden = _block_output(blocks[later], hidden, layer_kwargs)
+                        final = adapter.final_norm(hidden)
+                        if estimator == "entropy":
+                            moments.update(final)
+                        else:
+                            kl += _token_kl(reference.final[start:start + final.shape[0]],
+                                            final, adapter.lm_head)
+                target[slot] = (abs(entropy_full - gaussian_entropy(moments))
+                                if estimator == "entropy" else kl / reference.count)
+                bar.update()
+            for start in range(0, inputs.shape[0], batch_size):  # next block's inputs
+                inputs[start:start + batch_size] = _block_output(
+                    blocks[index], inputs[start:start + batch_size], layer_kwargs)
+    return ModuleEffects(single.view(n, 2), pair if pairs else None)
