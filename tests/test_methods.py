@@ -9,7 +9,7 @@ from prunelab.config.schema import validate
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.methods import METHODS
 
-SUPPORTED = {"dense", "flap", "bip", "wanda_sp", "mag_sp", "random"}
+SUPPORTED = {"dense", "flap", "bip", "interaction", "wanda_sp", "mag_sp", "random"}
 
 
 def test_registry_lists_only_implemented_methods():

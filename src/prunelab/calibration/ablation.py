@@ -22,6 +22,7 @@ for singles and pairs, against ``L`` per pass for the full model re-run.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -116,40 +117,46 @@ class _Reference:
         self.cos_pair = torch.zeros(2 * n - 1, dtype=torch.float64)
         self.moments = ChannelMoments()
         self.final = torch.empty_like(inputs) if keep_final else None
-        blocks = adapter.decoder_layers
-        for start in range(0, inputs.shape[0], batch_size):
-            hidden = inputs[start:start + batch_size]
-            streams = [hidden]  # residual stream before module 0, after module 0, 1, ...
-            for index, layer in enumerate(layers):
-                outputs: list[torch.Tensor] = []
-                handles = [
-                    layer.attention.register_forward_hook(
-                        lambda _m, _i, o: outputs.append(o[0] if isinstance(o, tuple) else o)),
-                    layer.mlp.register_forward_hook(lambda _m, _i, o: outputs.append(o)),
-                ]
-                try:
-                    hidden = _block_output(blocks[index], hidden, layer_kwargs)
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                for j, out in enumerate(outputs):
-                    total = out.double().sum(dim=(0, 1))
-                    self.sums[index][j] = total if self.sums[index][j] is None \
-                        else self.sums[index][j] + total
-                streams += [streams[-1] + outputs[0], hidden]
-            self.count += hidden.shape[0] * hidden.shape[1]
-            for k in range(2 * n):
-                self.cos_single[k] += _one_minus_cos(streams[k], streams[k + 1])
-                if k + 2 < len(streams):
-                    self.cos_pair[k] += _one_minus_cos(streams[k], streams[k + 2])
-            final = adapter.final_norm(hidden)
-            self.moments.update(final)
-            if self.final is not None:
-                self.final[start:start + hidden.shape[0]] = final
+        captured: list[list[torch.Tensor]] = [[] for _ in layers]  # per block: attn, mlp out
+        handles = [module.register_forward_hook(functools.partial(_store_output, store))
+                   for layer, store in zip(layers, captured)
+                   for module in (layer.attention, layer.mlp)]
+        try:
+            for start in range(0, inputs.shape[0], batch_size):
+                self._add_batch(adapter, inputs[start:start + batch_size], layer_kwargs,
+                                captured, start)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _add_batch(self, adapter: ModelAdapter, hidden: torch.Tensor, layer_kwargs: dict,
+                   captured: list[list[torch.Tensor]], start: int) -> None:
+        streams = [hidden]  # residual stream before module 0, after module 0, 1, ...
+        for index, block in enumerate(adapter.decoder_layers):
+            hidden = _block_output(block, hidden, layer_kwargs)
+            for j, out in enumerate(captured[index]):
+                total = out.double().sum(dim=(0, 1))
+                self.sums[index][j] = total if self.sums[index][j] is None \
+                    else self.sums[index][j] + total
+            streams += [streams[-1] + captured[index][0], hidden]
+            captured[index].clear()
+        self.count += hidden.shape[0] * hidden.shape[1]
+        for k in range(len(streams) - 1):
+            self.cos_single[k] += _one_minus_cos(streams[k], streams[k + 1])
+            if k + 2 < len(streams):
+                self.cos_pair[k] += _one_minus_cos(streams[k], streams[k + 2])
+        final = adapter.final_norm(hidden)
+        self.moments.update(final)
+        if self.final is not None:
+            self.final[start:start + hidden.shape[0]] = final
 
     def mean(self, layer: int, module: int) -> torch.Tensor:
         """Mean output of a sub-layer over every calibration token."""
         return self.sums[layer][module] / self.count
+
+
+def _store_output(store: list[torch.Tensor], _module, _inputs, output) -> None:
+    store.append(output[0] if isinstance(output, tuple) else output)
 
 
 def _one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> float:

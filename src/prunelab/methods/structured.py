@@ -26,8 +26,8 @@ from prunelab.models.plan import PruningPlan, channel_index
 from prunelab.models.surgery import prune_model
 from prunelab.schedules import SCHEDULES, Pool, Schedule, build_pools
 from prunelab.schedules.base import select
-from prunelab.schedules.pools import ATTENTION, MLP
 from prunelab.schedules.costs import CostModel, MacCost, ParameterCost
+from prunelab.schedules.pools import ATTENTION, MLP
 from prunelab.schedules.targets import (
     achieved_fractions,
     cost_model_for,
