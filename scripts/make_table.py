@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from prunelab.errors import PrunelabError
-from prunelab.tracking.plots import plot_metric_vs_ratio
+from prunelab.tracking.plots import plot_metric_vs_ratio, plot_pareto
 from prunelab.tracking.tables import build_table, collect_results, write_table
 
 
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the table files (default: the first folder)")
     parser.add_argument("--stem", default="table", help="file name stem (default: table)")
     parser.add_argument("--plot", action="store_true",
-                        help="also write <stem>_metrics_vs_ratio.png")
+                        help="also write <stem>_metrics_vs_ratio.png (and <stem>_pareto.png "
+                        "when speed was measured)")
     args = parser.parse_args(argv)
     try:
         table = build_table(collect_results(args.folders))
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_table(table, out, args.stem)
     if args.plot:
         paths["plot"] = plot_metric_vs_ratio(table, out / f"{args.stem}_metrics_vs_ratio.png")
+        pareto = plot_pareto(table, out / f"{args.stem}_pareto.png")
+        if pareto is not None:
+            paths["pareto"] = pareto
     print(table.to_markdown())
     print("\n" + "\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return 0

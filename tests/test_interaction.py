@@ -1,4 +1,4 @@
-"""Interaction-guided pruning: module scores equal direct re-runs, budgets hold, surgery is exact."""
+"""Interaction-guided pruning: scores equal direct re-runs, budgets hold, surgery is exact."""
 
 from __future__ import annotations
 

@@ -12,7 +12,16 @@ from hydra.errors import MissingConfigException
 
 from prunelab.config.schema import validate
 from prunelab.errors import PrunelabError
-from prunelab.tracking.tables import MISSING, build_table, collect_results
+from prunelab.tracking.plots import pareto_front, plot_pareto
+from prunelab.tracking.tables import (
+    MISSING,
+    ResultTable,
+    Row,
+    build_table,
+    collect_results,
+    columns_of,
+    values_of,
+)
 from tests.conftest import CONF, compose_config
 from tests.test_multirun import run_py
 
@@ -29,6 +38,15 @@ EXPECTED = {
     "flap_ablation": (12, {"method": {"flap"}, "ratio": {0.2},
                            "metric": {"IFV", "WIFV", "WIFN"}, "schedule": {"uniform", "global"},
                            "bias_compensation": {True, False}}),
+    "interaction_pareto": (40, {"method": {"dense", "interaction", "flap", "bip", "wanda_sp"},
+                                "ratio": {0.1, 0.2, 0.3, 0.5},
+                                "target": {"params", "latency"}}),
+    "interaction_ablation": (12, {"method": {"interaction"}, "ratio": {0.3},
+                                  "estimator": {"entropy", "kl", "cosine"},
+                                  "interactions": {True, False},
+                                  "whole_modules": {True, False}}),
+    "interaction_paper": (6, {"method": {"dense", "interaction"}, "ratio": {0.2, 0.3, 0.5},
+                              "calibration": {(128, 2048)}}),
 }
 
 
@@ -58,7 +76,12 @@ def test_experiment_expands_to_its_jobs(experiment):
                   "schedule": run.schedule.name,
                   "metric": getattr(run.method.params, "metric", None),
                   "lipschitz": getattr(run.method.params, "lipschitz", None),
-                  "bias_compensation": getattr(run.method.params, "bias_compensation", None)}
+                  "bias_compensation": getattr(run.method.params, "bias_compensation", None),
+                  "target": run.schedule.params.target,
+                  "estimator": getattr(run.method.params, "estimator", None),
+                  "interactions": getattr(run.method.params, "interactions", None),
+                  "whole_modules": getattr(run.schedule.params, "whole_modules", None),
+                  "calibration": (run.calibration.nsamples, run.calibration.seqlen)}
         for key in covers:
             seen[key].add(values[key])
     assert seen == covers
@@ -217,3 +240,33 @@ def test_explicit_schedule_rows_show_the_fraction_asked(make_cfg, tmp_path):
     asked = round(results[1]["pruning"]["ratio_asked"], 4)
     assert asked == pytest.approx(0.3, abs=0.01)
     assert [(row.method, row.ratio) for row in table.rows] == [("dense", 0.0), ("mag_sp", asked)]
+
+
+def test_pareto_front_by_hand():
+    points = [(1.0, 50.0), (2.0, 40.0), (2.5, 45.0), (3.0, 30.0), (0.5, 80.0)]
+    assert pareto_front(points, lower_is_better=True) == [(0.5, 80.0), (1.0, 50.0),
+                                                          (2.0, 40.0), (3.0, 30.0)]
+    assert pareto_front(points, lower_is_better=False) == [(0.5, 80.0)]
+
+
+def test_speed_columns_and_pareto_plot(tmp_path):
+    def result(method, ratio, ppl, ms, tok_s):
+        return {"metrics": {"perplexity": {"wikitext2": {"ppl": ppl}},
+                            "speed": {"prefill": {"1x512": {"median_s": ms / 1000}},
+                                      "decode": {"tokens_per_s": tok_s}}},
+                "method": method, "ratio": ratio}
+
+    rows = [result("dense", 0.0, 10.0, 600.0, 30.0), result("flap", 0.5, 30.0, 350.0, 40.0),
+            result("interaction", 0.5, 25.0, 300.0, 45.0)]
+    columns = columns_of(rows[0])
+    assert [(c.key, c.kind) for c in columns] == [
+        ("ppl/wikitext2", "ppl"), ("speed/prefill/1x512", "latency"),
+        ("speed/decode", "throughput")]
+    assert values_of(rows[2]) == pytest.approx({"ppl/wikitext2": 25.0,
+                                                "speed/prefill/1x512": 300.0,
+                                                "speed/decode": 45.0})
+    table = ResultTable("tiny", columns, [Row(r["method"], r["ratio"], values=values_of(r))
+                                          for r in rows], {})
+    assert plot_pareto(table, tmp_path / "pareto.png").is_file()
+    without_speed = ResultTable("tiny", columns[:1], table.rows, {})
+    assert plot_pareto(without_speed, tmp_path / "none.png") is None

@@ -1,8 +1,9 @@
 """Hydra callbacks: what happens when a whole sweep ends.
 
 ``SweepSummary`` (configured in conf/hydra/default.yaml) gathers the results.json files of
-the sweep folder, writes the paper-layout table (table.md, table.csv, table.tex) and the
-metric-versus-ratio plot beside them, and logs both to a W&B "summary" run in the sweep's
+the sweep folder, writes the paper-layout table (table.md, table.csv, table.tex), the
+metric-versus-ratio plot and, when speed was measured, the quality-versus-latency Pareto plot
+beside them, and logs both to a W&B "summary" run in the sweep's
 group. A sweep whose table cannot be built (no finished job, mixed protocols) logs why and
 keeps its per-job results; the callback never fails a sweep after its jobs have run.
 """
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunelab.config.schema import LoggerConfig
 from prunelab.config.typed import to_dataclass
 from prunelab.errors import PrunelabError
-from prunelab.tracking.plots import plot_metric_vs_ratio
+from prunelab.tracking.plots import plot_metric_vs_ratio, plot_pareto
 from prunelab.tracking.tables import ResultTable, build_table, collect_results, write_table
 from prunelab.tracking.wandb_logger import WandbLogger
 
@@ -39,13 +40,14 @@ class SweepSummary(Callback):
             return
         paths = write_table(table, sweep_dir)
         plot = plot_metric_vs_ratio(table, sweep_dir / "metrics_vs_ratio.png")
+        pareto = plot_pareto(table, sweep_dir / "pareto.png")
         print(f"\nSweep table ({sweep_dir}):\n{table.to_markdown()}\n")
         log.info("Sweep table written to %s", ", ".join(str(p) for p in paths.values()))
-        _log_to_wandb(config, sweep_dir, table, plot, results[0]["job"].get("group"))
+        _log_to_wandb(config, sweep_dir, table, [plot, pareto], results[0]["job"].get("group"))
 
 
-def _log_to_wandb(config: DictConfig, sweep_dir: Path, table: ResultTable, plot: Path,
-                  group: str | None) -> None:
+def _log_to_wandb(config: DictConfig, sweep_dir: Path, table: ResultTable,
+                  plots: list[Path | None], group: str | None) -> None:
     problems: list[str] = []
     logger_cfg = to_dataclass(LoggerConfig, OmegaConf.to_container(config.logger, resolve=True),
                               "logger", problems)
@@ -58,6 +60,8 @@ def _log_to_wandb(config: DictConfig, sweep_dir: Path, table: ResultTable, plot:
                          group=group or sweep_dir.name, job_type="summary", name="summary")
     try:
         logger.log_table("sweep_table", header, rows)
-        logger.log_image("metrics_vs_ratio", plot)
+        for plot in plots:
+            if plot is not None:
+                logger.log_image(plot.stem, plot)
     finally:
         logger.finish()

@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+AXIS_LABELS = {"ppl": "perplexity", "accuracy": "accuracy (%)",
+               "latency": "prefill latency (ms)", "throughput": "decode tokens/s"}
+
 
 def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: str,
                     path: Path) -> Path:
@@ -95,7 +98,59 @@ def plot_metric_vs_ratio(table, path: Path) -> Path:
             ax.set_yscale("log")
         ax.set_title(column.label)
         ax.set_xlabel("pruning ratio")
-        ax.set_ylabel("perplexity" if column.kind == "ppl" else "accuracy (%)")
+        ax.set_ylabel(AXIS_LABELS[column.kind])
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(table.model, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]], lower_is_better: bool
+                 ) -> list[tuple[float, float]]:
+    """The points no other point beats in both latency (x, lower) and quality (y)."""
+    front, best = [], None
+    for x, y in sorted(points, key=lambda p: (p[0], p[1] if lower_is_better else -p[1])):
+        if best is None or (y < best if lower_is_better else y > best):
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot_pareto(table, path: Path) -> Path | None:
+    """Quality against measured prefill latency, one series per method, the Pareto front.
+
+    Panels: the first perplexity (log scale) and the zero-shot average when present; x is the
+    first prefill shape's median latency. Returns None when the table has no speed column.
+    """
+    latency = next((c for c in table.columns if c.kind == "latency"), None)
+    quality = [c for c in table.columns if c.kind == "ppl"][:1]
+    quality += [c for c in table.columns if c.key == "zero_shot/average"]
+    if latency is None or not quality:
+        return None
+    fig, axes = plt.subplots(1, len(quality), figsize=(5 * len(quality), 4), squeeze=False)
+    for ax, column in zip(axes[0], quality):
+        everything = []
+        series: dict[str, list[tuple[float, float]]] = {}
+        for row in table.rows:
+            x, y = row.values.get(latency.key), row.values.get(column.key)
+            if x is None or y is None:
+                continue
+            series.setdefault(row.label, []).append((x, y))
+            everything.append((x, y))
+        for label, points in series.items():
+            points.sort()
+            ax.plot(*zip(*points), marker="*" if label == "dense" else "o", linestyle="-"
+                    if len(points) > 1 else "none", label=label)
+        front = pareto_front(everything, lower_is_better=column.kind == "ppl")
+        if front:
+            ax.step(*zip(*front), where="post", color="black", linewidth=0.8, alpha=0.6,
+                    label="Pareto front")
+        if column.kind == "ppl":
+            ax.set_yscale("log")
+        ax.set_xlabel(f"measured {latency.label}")
+        ax.set_ylabel(f"{column.label} {AXIS_LABELS[column.kind]}")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(table.model, fontsize=10)
     fig.tight_layout()

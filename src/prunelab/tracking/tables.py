@@ -36,7 +36,10 @@ DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: a perplexity (``ppl``) or a zero-shot accuracy (``accuracy``, in %)."""
+    """A column of one kind: ``ppl``, ``accuracy`` (%), ``latency`` or ``throughput``.
+
+    Latency is the median prefill time in ms; throughput the decode tokens per second.
+    """
 
     key: str  # ppl/<dataset>, zero_shot/<task>, zero_shot/average
     label: str
@@ -54,6 +57,12 @@ def columns_of(result: dict[str, Any]) -> list[Column]:
         columns += [Column(f"zero_shot/{task}", TASKS[task].label if task in TASKS else task,
                            "accuracy") for task in zero_shot["tasks"]]
         columns.append(Column("zero_shot/average", "Avg", "accuracy"))
+    speed = result["metrics"].get("speed")
+    if speed:
+        columns += [Column(f"speed/prefill/{shape}", f"Prefill {shape} ms", "latency")
+                    for shape in speed["prefill"]]
+        if speed.get("decode"):
+            columns.append(Column("speed/decode", "Decode tok/s", "throughput"))
     return columns
 
 
@@ -66,6 +75,12 @@ def values_of(result: dict[str, Any]) -> dict[str, float]:
         values.update({f"zero_shot/{task}": 100 * m["value"]
                        for task, m in zero_shot["tasks"].items()})
         values["zero_shot/average"] = 100 * zero_shot["average"]["value"]
+    speed = result["metrics"].get("speed")
+    if speed:
+        values.update({f"speed/prefill/{shape}": 1000 * m["median_s"]
+                       for shape, m in speed["prefill"].items()})
+        if speed.get("decode"):
+            values["speed/decode"] = speed["decode"]["tokens_per_s"]
     return values
 #: Config fields that must agree across a table (batch size does not change a number).
 _PROTOCOL_IGNORED = ("model.device", "benchmark.batch_size", "benchmark.description")
