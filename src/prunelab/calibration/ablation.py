@@ -146,7 +146,7 @@ class _Reference:
             if k + 2 < len(streams):
                 self.cos_pair[k] += _one_minus_cos(streams[k], streams[k + 2])
         final = adapter.final_norm(hidden)
-        self.moments.update(final)
+        self.moments.update(final.double())  # entropy differences need float64 sums
         if self.final is not None:
             self.final[start:start + hidden.shape[0]] = final
 
@@ -229,7 +229,7 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
                             hidden = _block_output(blocks[later], hidden, layer_kwargs)
                         final = adapter.final_norm(hidden)
                         if estimator == "entropy":
-                            moments.update(final)
+                            moments.update(final.double())
                         else:
                             kl += _token_kl(reference.final[start:start + final.shape[0]],
                                             final, adapter.lm_head)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from prunelab.calibration.runner import LayerStats
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: moments summed about a shift, float32 partial sums
 
 
 def cache_key(identity: dict[str, Any]) -> str:
