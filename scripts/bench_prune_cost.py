@@ -1,17 +1,22 @@
 """The cost of pruning itself: FLAP's time and memory on SmolLM2-135M against their floors.
 
 1. FLAP at ratio 0.2 with 1024 x 128 WikiText2 calibration tokens and a fresh statistics
-   cache, in this fresh process: wall time of calibration, scoring and surgery against one
-   plain forward pass of the decoder blocks over the same tokens (the floor of a one-pass
-   method; target <= 1.1x), and peak resident memory against weights + one block + the two
-   calibration activation buffers (target <= 1.4 GB in fp32).
-2. Calibration-size study: FLAP's kept units with 64, 128, 256, 512 samples against 1024
-   (Jaccard overlap of kept heads and of kept channels), with the WikiText2 perplexity of each
-   (first 128 test windows, seqlen 128).
+   cache, first thing in this fresh process (after one warm-up batch): wall time of
+   calibration, scoring and surgery against one plain forward pass of the decoder blocks over
+   the same tokens, run afterwards (the floor of a one-pass method; target <= 1.1x), and peak
+   resident memory against weights + one block + the two calibration activation buffers
+   (target <= 1.4 GB in fp32).
+2. ``--profile``: torch.profiler operator tables (self CPU time) of the first ``--profile``
+   calibration batches with FLAP's statistics hooks and of the same batches as a plain
+   forward, grouped as in scripts/bench_speed.py, to show where the extra time goes.
+3. Calibration-size study (``--sizes``, empty to skip): FLAP's kept units with 64, 128, 256,
+   512 samples against 1024 (Jaccard overlap of kept heads and of kept channels), with the
+   WikiText2 perplexity of each (first 128 test windows, seqlen 128).
 
 Prints Markdown tables and writes JSON. Run it on an otherwise idle machine.
 
     .venv/bin/python scripts/bench_prune_cost.py                 # ~10 min on 2 CPU cores
+    .venv/bin/python scripts/bench_prune_cost.py --sizes --profile 16   # cost + profile only
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ GB = 2**30
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 256, 512])
+    parser.add_argument("--profile", type=int, default=0, metavar="BATCHES",
+                        help="profile this many calibration batches (0: no profile)")
     parser.add_argument("--reference", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_prune_cost")
     args = parser.parse_args()
@@ -53,42 +60,123 @@ def main() -> None:
                                      Path.home() / ".cache" / "prunelab")) / "models"
         (Path(cache) / "models").symlink_to(shared)  # converted weights; statistics start empty
         cost = prune_cost(args.reference, cache, args.out)
-        study = size_study(args.sizes, args.reference, cache, args.out)
-    tables = render_cost(cost) + "\n\n" + render_study(study)
-    print(tables)
-    (args.out / "bench_prune_cost.md").write_text(tables + "\n")
+        profiles = profile_calibration(args.profile, cache, args.out) if args.profile else {}
+        study = size_study(args.sizes, args.reference, cache, args.out) if args.sizes else []
+    tables = [render_cost(cost)]
+    if profiles:
+        tables.append(render_profiles(profiles, args.profile))
+    if study:
+        tables.append(render_study(study))
+    print("\n\n".join(tables))
+    (args.out / "bench_prune_cost.md").write_text("\n\n".join(tables) + "\n")
     (args.out / "bench_prune_cost.json").write_text(json.dumps(
-        {"cost": cost, "calibration_size": study}, indent=1))
+        {"cost": cost, "profile_ms": profiles, "calibration_size": study}, indent=1))
+
+
+def flap_job(nsamples: int, cache: str, out: Path):
+    """FLAP's default job config with ``nsamples`` calibration windows and its samples."""
+    overrides = ["model=smollm2_135m", "model.device=cpu", "method=flap", "logger=none",
+                 f"calibration.nsamples={nsamples}", f"paths.cache_dir={cache}"]
+    return validate(compose_job(overrides, out / "cost"))
+
+
+def calibration_samples(run, tokenizer) -> torch.Tensor:
+    calib = run.calibration
+    corpus = load_corpus(calib.dataset, calib.split, run.paths.data_dir)
+    return sample_calibration(corpus, tokenizer, calib.nsamples, calib.seqlen, calib.seed,
+                              mode=calib.mode, joiner=calib.joiner)
 
 
 def prune_cost(nsamples: int, cache: str, out: Path) -> dict:
-    overrides = ["model=smollm2_135m", "model.device=cpu", "method=flap", "logger=none",
-                 f"calibration.nsamples={nsamples}", f"paths.cache_dir={cache}"]
-    run = validate(compose_job(overrides, out / "cost"))
+    run = flap_job(nsamples, cache, out)
     loaded = load_model(run.model, run.paths.cache_dir)
+    decoder = loaded.adapter.model.model  # embeddings + decoder blocks, no head
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     block = sum(p.numel() * p.element_size()
                 for p in loaded.adapter.decoder_layers[0].parameters())
-    calib = run.calibration
-    corpus = load_corpus(calib.dataset, calib.split, run.paths.data_dir)
-    samples = sample_calibration(corpus, loaded.tokenizer, calib.nsamples, calib.seqlen,
-                                 calib.seed, mode=calib.mode, joiner=calib.joiner)
-    buffers = 2 * samples.numel() * loaded.adapter.layers[0].hidden_size * 4
-
-    meter = PhaseMeter(loaded.device)
-    with meter.phase("forward"), torch.no_grad():
-        for batch in samples.split(calib.batch_size):  # embeddings + decoder blocks, no head
-            loaded.adapter.model.model(input_ids=batch, use_cache=False)
+    warm_up = torch.zeros(run.calibration.batch_size, run.calibration.seqlen, dtype=torch.long)
+    with torch.no_grad():
+        decoder(input_ids=warm_up, use_cache=False)  # pages the weights in for both timings
     outcome = METHODS.get("flap")(run.method.params).prune(run, loaded)
+    pruning_peak = process_peak_rss_bytes()
+
+    loaded = load_model(run.model, run.paths.cache_dir)  # surgery released the dense blocks
+    decoder = loaded.adapter.model.model
+    samples = calibration_samples(run, loaded.tokenizer)
+    buffers = 2 * samples.numel() * loaded.adapter.layers[0].hidden_size * 4
+    meter = PhaseMeter(loaded.device)
+    with torch.no_grad():
+        decoder(input_ids=warm_up, use_cache=False)
+        with meter.phase("forward"):
+            for batch in samples.split(run.calibration.batch_size):
+                decoder(input_ids=batch, use_cache=False)
     return {"nsamples": nsamples, "tokens": samples.numel(),
             "forward_s": meter.wall_time_s["forward"],
             "forward_peak_bytes": meter.peak_memory_bytes["forward"],
             "prune_s": outcome.timings_s, "prune_peak_bytes": outcome.peak_memory_bytes,
-            "process_peak_bytes": process_peak_rss_bytes(),
+            "process_peak_bytes": pruning_peak,
             "floor_bytes": {"weights": weights, "one_block": block,
                             "activation_buffers": buffers,
                             "total": weights + block + buffers},
             "cache_hit": outcome.details["calibration"]["cache_hit"]}
+
+
+def profile_calibration(batches: int, cache: str, out: Path) -> dict[str, dict[str, float]]:
+    """Self CPU ms per operator group: the first calibration batches with and without hooks."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from prunelab.calibration.runner import run_streaming
+
+    run = flap_job(batches * 8, cache, out)
+    loaded = load_model(run.model, run.paths.cache_dir)
+    samples = calibration_samples(run, loaded.tokenizer)[:batches * run.calibration.batch_size]
+    statistics = list(METHODS.get("flap").statistics)
+    decoder = loaded.adapter.model.model
+    tables = {}
+    with torch.no_grad():
+        decoder(input_ids=samples[:1], use_cache=False)  # warm-up
+        for name in ("plain forward", "calibration"):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                if name == "calibration":
+                    run_streaming(loaded.adapter, samples, statistics,
+                                  run.calibration.batch_size, loaded.device)
+                else:
+                    for batch in samples.split(run.calibration.batch_size):
+                        decoder(input_ids=batch, use_cache=False)
+            events = prof.key_averages()
+            (out / f"profile_{name.replace(' ', '_')}.txt").write_text(
+                events.table(sort_by="self_cpu_time_total", row_limit=30))
+            tables[name] = group_events(events)
+    return tables
+
+
+#: Operator groups of the profile summary: the model's own work and the statistics' work.
+PROFILE_GROUPS = {
+    "linear": ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm"),
+    "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
+    "reductions (sum)": ("aten::sum",),
+    "elementwise (sub, mul, abs, add, copy)": ("aten::sub", "aten::mul", "aten::abs",
+                                               "aten::add", "aten::copy_", "aten::_to_copy"),
+}
+
+
+def group_events(events) -> dict[str, float]:
+    groups = {name: 0.0 for name in [*PROFILE_GROUPS, "other"]}
+    for event in events:
+        group = next((g for g, prefixes in PROFILE_GROUPS.items()
+                      if event.key.startswith(prefixes)), "other")
+        groups[group] += event.self_cpu_time_total / 1000
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def render_profiles(profiles: dict[str, dict[str, float]], batches: int) -> str:
+    names = list(next(iter(profiles.values())))
+    lines = [f"| first {batches} calibration batches, self CPU ms | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {run} | " + " | ".join(f"{ms:.0f}" for ms in groups.values()) + " |"
+              for run, groups in profiles.items()]
+    return "\n".join(lines)
 
 
 def size_study(sizes: list[int], reference: int, cache: str, out: Path) -> list[dict]:

@@ -37,18 +37,18 @@ def captured_inputs(model, tokens):
     return {k: torch.cat(v).reshape(-1, v[0].shape[-1]).double() for k, v in seen.items()}
 
 
-def test_channel_moments_equal_direct():
-    x = torch.randn(5, 7, 11) * 3 + 1
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_channel_moments_equal_direct(dtype, rtol):
+    x = (torch.randn(5, 7, 11, dtype=dtype) * 3 + 1) + 100 * torch.arange(11, dtype=dtype)
     moments = ChannelMoments()
     for chunk in x.split(2):
         moments.update(chunk)
     flat = x.reshape(-1, 11).double()
     result = moments.result()
-    torch.testing.assert_close(result["mean"], flat.mean(0))
-    torch.testing.assert_close(result["var"], flat.var(0))
-    torch.testing.assert_close(result["mean_sq"], flat.pow(2).mean(0))
-    torch.testing.assert_close(result["mean_abs"], flat.abs().mean(0))
-    torch.testing.assert_close(result["sum_sq"], flat.pow(2).sum(0))
+    for name, expected in [("mean", flat.mean(0)), ("var", flat.var(0)),
+                           ("mean_sq", flat.pow(2).mean(0)), ("mean_abs", flat.abs().mean(0)),
+                           ("sum_sq", flat.pow(2).sum(0))]:
+        torch.testing.assert_close(result[name], expected, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["mha", "gqa"])
