@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from prunelab.calibration.runner import capture_block_inputs, run_layerwise
+from prunelab.calibration.runner import block_output, capture_block_inputs, run_layerwise
 from prunelab.cli import configure_logging
 from prunelab.config.compose import compose_job
 from prunelab.config.schema import validate
@@ -56,7 +56,7 @@ def main() -> None:
     kwargs["use_cache"] = False
     with torch.no_grad():
         for index, (layer, block) in enumerate(zip(adapter.layers, adapter.decoder_layers)):
-            y = _output(block(x, **kwargs))
+            y = block_output(block, x, kwargs)
             measured = head_removal_changes(layer, block, x, y, kwargs)
             for name in ESTIMATORS:
                 heads, _ = BIP(BIPParams(lipschitz=name)).importance(layer, stats[index])
@@ -71,10 +71,6 @@ def main() -> None:
     (args.out / "bench_bip_bound.json").write_text(json.dumps(rows, indent=1))
 
 
-def _output(out) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
 def head_removal_changes(layer, block, x, y, kwargs) -> list[torch.Tensor]:
     """Mean per-token L2 change of the block output when each query head alone is removed."""
     weight = layer.o_proj.weight
@@ -83,7 +79,7 @@ def head_removal_changes(layer, block, x, y, kwargs) -> list[torch.Tensor]:
         columns = slice(head * layer.head_dim, (head + 1) * layer.head_dim)
         saved = weight[:, columns].clone()
         weight[:, columns] = 0
-        changes.append((_output(block(x, **kwargs)) - y).norm(dim=-1).mean())
+        changes.append((block_output(block, x, kwargs) - y).norm(dim=-1).mean())
         weight[:, columns] = saved
     return changes
 

@@ -31,13 +31,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunelab.calibration.runner import _kwargs_for, _to_device, capture_block_inputs
+from prunelab.calibration.runner import (
+    block_output,
+    capture_block_inputs,
+    forward_block,
+    to_device,
+)
 from prunelab.calibration.statistics import ChannelMoments
 from prunelab.errors import PrunelabError, unknown_name_message
 from prunelab.models.adapters import ModelAdapter
 
 ESTIMATORS = ("entropy", "kl", "cosine")
-ATTENTION, MLP = 0, 1
 
 
 @dataclass
@@ -98,25 +102,25 @@ def replaced_by_mean(modules: list[tuple[nn.Module, torch.Tensor]]) -> Iterator[
             handle.remove()
 
 
-def _block_output(block: nn.Module, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
-    out = block(hidden, **_kwargs_for(layer_kwargs, hidden.shape[0]))
-    return out[0] if isinstance(out, tuple) else out
-
-
 class _Reference:
-    """One pass of the unchanged model: module means, cosine effects, final states."""
+    """One pass of the unchanged model: module means, and what ``estimator`` compares.
+
+    ``cosine`` needs the residual stream around every module, ``entropy`` the moments of the
+    final states, ``kl`` the final states themselves; each is gathered only for its estimator.
+    """
 
     def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, layer_kwargs: dict,
-                 batch_size: int, keep_final: bool):
+                 batch_size: int, estimator: str):
         layers = adapter.layers
         n = len(layers)
+        self.estimator = estimator
         self.sums = [[None, None] for _ in range(n)]
         self.count = 0
         # 1 - cos across module k (single) and across modules k, k+1 (pair), summed over tokens
         self.cos_single = torch.zeros(2 * n, dtype=torch.float64)
         self.cos_pair = torch.zeros(2 * n - 1, dtype=torch.float64)
         self.moments = ChannelMoments()
-        self.final = torch.empty_like(inputs) if keep_final else None
+        self.final = torch.empty_like(inputs) if estimator == "kl" else None
         captured: list[list[torch.Tensor]] = [[] for _ in layers]  # per block: attn, mlp out
         handles = [module.register_forward_hook(functools.partial(_store_output, store))
                    for layer, store in zip(layers, captured)
@@ -131,14 +135,15 @@ class _Reference:
 
     def _add_batch(self, adapter: ModelAdapter, hidden: torch.Tensor, layer_kwargs: dict,
                    captured: list[list[torch.Tensor]], start: int) -> None:
-        streams = [hidden]  # residual stream before module 0, after module 0, 1, ...
+        streams = [hidden]  # residual stream before module 0, after module 0, 1, ... (cosine)
         for index, block in enumerate(adapter.decoder_layers):
-            hidden = _block_output(block, hidden, layer_kwargs)
+            hidden = block_output(block, hidden, layer_kwargs)
             for j, out in enumerate(captured[index]):
                 total = out.double().sum(dim=(0, 1))
                 self.sums[index][j] = total if self.sums[index][j] is None \
                     else self.sums[index][j] + total
-            streams += [streams[-1] + captured[index][0], hidden]
+            if self.estimator == "cosine":
+                streams += [streams[-1] + captured[index][0], hidden]
             captured[index].clear()
         self.count += hidden.shape[0] * hidden.shape[1]
         for k in range(len(streams) - 1):
@@ -146,7 +151,8 @@ class _Reference:
             if k + 2 < len(streams):
                 self.cos_pair[k] += _one_minus_cos(streams[k], streams[k + 2])
         final = adapter.final_norm(hidden)
-        self.moments.update(final.double())  # entropy differences need float64 sums
+        if self.estimator == "entropy":
+            self.moments.update(final.double())  # entropy differences need float64 sums
         if self.final is not None:
             self.final[start:start + hidden.shape[0]] = final
 
@@ -197,15 +203,14 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
     n = len(layers)
     model_device = next(adapter.embed_tokens.parameters()).device
     inputs, layer_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
-    layer_kwargs = _to_device(layer_kwargs, device)
-    reference = _Reference(adapter, inputs, layer_kwargs, batch_size,
-                           keep_final=estimator == "kl")
+    layer_kwargs = to_device(layer_kwargs, device)
+    reference = _Reference(adapter, inputs, layer_kwargs, batch_size, estimator)
     if estimator == "cosine":
         single = reference.cos_single / reference.count
         pair = reference.cos_pair / reference.count if pairs else None
         return ModuleEffects(single.view(n, 2), pair)
     modules = [(layer.attention, layer.mlp) for layer in layers]
-    entropy_full = gaussian_entropy(reference.moments)
+    entropy_full = gaussian_entropy(reference.moments) if estimator == "entropy" else 0.0
     single = torch.zeros(2 * n, dtype=torch.float64)
     pair = torch.zeros(2 * n - 1, dtype=torch.float64)
     blocks = adapter.decoder_layers
@@ -226,7 +231,7 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
                     for start in range(0, inputs.shape[0], batch_size):
                         hidden = inputs[start:start + batch_size]
                         for later in range(index, n):
-                            hidden = _block_output(blocks[later], hidden, layer_kwargs)
+                            hidden = block_output(blocks[later], hidden, layer_kwargs)
                         final = adapter.final_norm(hidden)
                         if estimator == "entropy":
                             moments.update(final.double())
@@ -236,7 +241,6 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
                 target[slot] = (abs(entropy_full - gaussian_entropy(moments))
                                 if estimator == "entropy" else kl / reference.count)
                 bar.update()
-            for start in range(0, inputs.shape[0], batch_size):  # next block's inputs
-                inputs[start:start + batch_size] = _block_output(
-                    blocks[index], inputs[start:start + batch_size], layer_kwargs)
+            forward_block(blocks[index], inputs, layer_kwargs, batch_size, device,
+                          outputs=inputs)  # the next block's inputs, in place
     return ModuleEffects(single.view(n, 2), pair if pairs else None)

@@ -65,13 +65,14 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
     return buffer[0], layer_kwargs
 
 
-def _to_device(value, device: torch.device):
+def to_device(value, device: torch.device):
+    """``value`` (tensors nested in tuples, lists, dicts) moved to ``device``."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
+        return type(value)(to_device(v, device) for v in value)
     if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device) for k, v in value.items()}
     return value
 
 
@@ -85,12 +86,18 @@ def _kwargs_for(layer_kwargs: dict, batch: int) -> dict:
     return out
 
 
-def _forward_block(block: nn.Module, inputs: torch.Tensor, layer_kwargs: dict,
-                   batch_size: int, device: torch.device, outputs: torch.Tensor | None) -> None:
+def block_output(block: nn.Module, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
+    """The hidden states a decoder block returns for ``hidden`` (the captured keywords)."""
+    out = block(hidden, **_kwargs_for(layer_kwargs, hidden.shape[0]))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def forward_block(block: nn.Module, inputs: torch.Tensor, layer_kwargs: dict,
+                  batch_size: int, device: torch.device, outputs: torch.Tensor | None) -> None:
+    """Run ``block`` over ``inputs`` batch by batch, writing to ``outputs`` (may be ``inputs``)."""
     for start in range(0, inputs.shape[0], batch_size):
         hidden = inputs[start:start + batch_size].to(device)
-        out = block(hidden, **_kwargs_for(layer_kwargs, hidden.shape[0]))
-        out = out[0] if isinstance(out, tuple) else out
+        out = block_output(block, hidden, layer_kwargs)
         if outputs is not None:
             outputs[start:start + hidden.shape[0]] = out.to(outputs.device)
 
@@ -117,7 +124,7 @@ def run_layerwise(
     storage = torch.device("cpu") if offload else device
     model_device = next(adapter.embed_tokens.parameters()).device
     inputs, layer_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
-    layer_kwargs = _to_device(layer_kwargs, device)
+    layer_kwargs = to_device(layer_kwargs, device)
     inputs = inputs.to(storage)
     outputs = torch.empty_like(inputs)
     results: list[LayerStats] = []
@@ -129,7 +136,7 @@ def run_layerwise(
         for collector in collectors:
             collector.attach()
         try:
-            _forward_block(block, inputs, layer_kwargs, batch_size, device,
+            forward_block(block, inputs, layer_kwargs, batch_size, device,
                            None if sequential else outputs)
         finally:
             for collector in collectors:
@@ -139,7 +146,7 @@ def run_layerwise(
         if on_layer is not None:
             on_layer(index, layer, stats)
         if sequential:
-            _forward_block(block, inputs, layer_kwargs, batch_size, device, outputs)
+            forward_block(block, inputs, layer_kwargs, batch_size, device, outputs)
         if offload:
             block.to(storage)
         results.append(stats)
