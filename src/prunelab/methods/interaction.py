@@ -24,7 +24,7 @@ on the same calibration.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
@@ -80,11 +80,8 @@ class Interaction(StructuredMethod):
         """
         def cache_for(pairs: bool) -> StatisticsCache:
             return StatisticsCache(run.paths.cache_dir, {
-                "model": loaded.source, "model_name": run.model.name, "dtype": run.model.dtype,
-                "prunable_params": loaded.adapter.prunable_parameter_count(),
-                "calibration": asdict(run.calibration),
-                "module_effects": self.params.estimator, "pairs": pairs,
-            })
+                **self.calibration_identity(run, loaded),
+                "module_effects": self.params.estimator, "pairs": pairs})
 
         wanted = [True] if self.params.interactions else [True, False]
         for pairs in wanted:

@@ -153,6 +153,13 @@ class StructuredMethod(PruningMethod):
                 )
         return scores
 
+    @staticmethod
+    def calibration_identity(run: Any, loaded: Any) -> dict[str, Any]:
+        """What cached calibration results depend on: the model and the calibration set."""
+        return {"model": loaded.source, "model_name": run.model.name, "dtype": run.model.dtype,
+                "prunable_params": loaded.adapter.prunable_parameter_count(),
+                "calibration": asdict(run.calibration)}
+
     def _samples(self, run: Any, loaded: Any) -> torch.Tensor:
         calib = run.calibration
         corpus = load_corpus(calib.dataset, calib.split, run.paths.data_dir,
@@ -164,10 +171,7 @@ class StructuredMethod(PruningMethod):
         if not self.statistics:
             return [{} for _ in loaded.adapter.layers]
         cache = StatisticsCache(run.paths.cache_dir, {
-            "model": loaded.source, "model_name": run.model.name, "dtype": run.model.dtype,
-            "prunable_params": loaded.adapter.prunable_parameter_count(),
-            "calibration": asdict(run.calibration), "statistics": sorted(self.statistics),
-        })
+            **self.calibration_identity(run, loaded), "statistics": sorted(self.statistics)})
         info.update({"cache_key": cache.key, "calibration": asdict(run.calibration)})
         stats = cache.load()
         info["cache_hit"] = stats is not None
