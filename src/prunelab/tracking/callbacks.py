@@ -3,9 +3,9 @@
 ``SweepSummary`` (configured in conf/hydra/default.yaml) gathers the results.json files of
 the sweep folder, writes the paper-layout table (table.md, table.csv, table.tex), the
 metric-versus-ratio plot and, when speed was measured, the quality-versus-latency Pareto plot
-beside them, and logs both to a W&B "summary" run in the sweep's
-group. A sweep whose table cannot be built (no finished job, mixed protocols) logs why and
-keeps its per-job results; the callback never fails a sweep after its jobs have run.
+beside them, and logs the table and plots to a W&B "summary" run in the sweep's group. A
+sweep whose table cannot be built (no finished job, mixed protocols) logs why and keeps its
+per-job results; the callback never fails a sweep after its jobs have run.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ AXIS_LABELS = {"ppl": "perplexity", "accuracy": "accuracy (%)",
                "latency": "prefill latency (ms)", "throughput": "decode tokens/s"}
 
 
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG and free it (figures are only ever written, never shown)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: str,
                     path: Path) -> Path:
     """Bars of kept query heads, KV heads and MLP channels per block, as fractions of dense."""
@@ -31,10 +39,7 @@ def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: 
     axes[1].set_ylabel("kept MLP channels")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_xlabel("block")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_module_allocation(blocks: list[dict], layers_before: list[dict], title: str,
@@ -66,10 +71,7 @@ def plot_module_allocation(blocks: list[dict], layers_before: list[dict], title:
     axes[1].set_ylabel("fraction removed (hatched: whole)")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_xlabel("block")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_metric_vs_ratio(table, path: Path) -> Path:
@@ -101,10 +103,7 @@ def plot_metric_vs_ratio(table, path: Path) -> Path:
         ax.set_ylabel(AXIS_LABELS[column.kind])
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(table.model, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pareto_front(points: list[tuple[float, float]], lower_is_better: bool
@@ -153,7 +152,4 @@ def plot_pareto(table, path: Path) -> Path | None:
         ax.set_ylabel(f"{column.label} {AXIS_LABELS[column.kind]}")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(table.model, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
