@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_speed import self_time_by_group  # scripts/ is on sys.path when run as a script
 
 from prunelab import pipeline
 from prunelab.cli import configure_logging
@@ -146,7 +147,7 @@ def profile_calibration(batches: int, cache: str, out: Path) -> dict[str, dict[s
             events = prof.key_averages()
             (out / f"profile_{name.replace(' ', '_')}.txt").write_text(
                 events.table(sort_by="self_cpu_time_total", row_limit=30))
-            tables[name] = group_events(events)
+            tables[name] = self_time_by_group(events, PROFILE_GROUPS)
     return tables
 
 
@@ -158,16 +159,6 @@ PROFILE_GROUPS = {
     "elementwise (sub, mul, abs, add, copy)": ("aten::sub", "aten::mul", "aten::abs",
                                                "aten::add", "aten::copy_", "aten::_to_copy"),
 }
-
-
-def group_events(events) -> dict[str, float]:
-    groups = {name: 0.0 for name in [*PROFILE_GROUPS, "other"]}
-    for event in events:
-        group = next((g for g, prefixes in PROFILE_GROUPS.items()
-                      if event.key.startswith(prefixes)), "other")
-        groups[group] += event.self_cpu_time_total / 1000
-    groups["total"] = sum(groups.values())
-    return groups
 
 
 def render_profiles(profiles: dict[str, dict[str, float]], batches: int) -> str:

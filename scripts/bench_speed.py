@@ -86,9 +86,14 @@ def profile_prefill(job_dir: Path, batch: int = 1, seqlen: int = 512) -> dict[st
     events = prof.key_averages()
     (job_dir / f"profile_{batch}x{seqlen}.txt").write_text(
         events.table(sort_by="self_cpu_time_total", row_limit=25))
-    groups = {name: 0.0 for name in [*OPERATOR_GROUPS, "other"]}
+    return self_time_by_group(events, OPERATOR_GROUPS)
+
+
+def self_time_by_group(events, operator_groups: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """Self CPU ms of torch.profiler ``events`` summed per group of operator-name prefixes."""
+    groups = {name: 0.0 for name in [*operator_groups, "other"]}
     for event in events:
-        group = next((g for g, prefixes in OPERATOR_GROUPS.items()
+        group = next((g for g, prefixes in operator_groups.items()
                       if event.key.startswith(prefixes)), "other")
         groups[group] += event.self_cpu_time_total / 1000
     groups["total"] = sum(groups.values())
