@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from statistics import NormalDist
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from prunelab.models.loading import load_model
 from prunelab.models.surgery import mask_model, save_pruned
 from prunelab.schedules import SCHEDULES, build_pools
 from prunelab.schedules.costs import LatencyCost, MacCost, ParameterCost, UnitCosts
-from prunelab.schedules.dynamic import DynamicParams
+from prunelab.schedules.dynamic import DynamicParams, log_standardised, rank_standardised
 from tests.helpers.tiny import tiny_model
 
 CPU = torch.device("cpu")
@@ -140,13 +141,36 @@ def scored_pools(layout: str, cost_model, layers: int = 6):
                         for layer in adapter.layers], cost_model, modules)
 
 
+def test_rank_scale_is_the_normal_quantile_of_the_mid_rank():
+    z = rank_standardised([3.0, -1.0, 10.0, 3.0])  # ranks 1.5, 0, 3, 1.5 of 4
+    quantile = NormalDist().inv_cdf
+    assert z == [quantile(0.5), quantile(0.125), quantile(0.875), quantile(0.5)]
+    assert z[1] == pytest.approx(-1.150349, abs=1e-6)
+
+
+def test_rank_scale_ignores_outliers_that_squeeze_the_log_scale():
+    typical = [5.0, 8.0, 13.0, 21.0]
+    with_outliers = typical + [1e6, -4.0]
+    assert rank_standardised(with_outliers)[:4] == rank_standardised(typical + [22.0, 4.0])[:4]
+    squeezed = log_standardised(with_outliers)[:4]
+    assert max(squeezed) - min(squeezed) < 0.2 * (max(log_standardised(typical))
+                                                  - min(log_standardised(typical)))
+
+
+def test_log_scale_standardises_the_log_scores():
+    z = log_standardised([1.0, math.e, math.e ** 2])  # logs 0, 1, 2: mean 1, std sqrt(2/3)
+    assert z == pytest.approx([-math.sqrt(1.5), 0.0, math.sqrt(1.5)], rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", ["rank", "log"])
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 10.0])
 @pytest.mark.parametrize("cost_model", [ParameterCost(), MacCost(64.5), SYNTHETIC],
                          ids=["params", "macs", "latency"])
 @pytest.mark.parametrize("layout", ["mha", "gqa"])
-def test_dynamic_budget_met_within_one_unit(layout, cost_model, temperature):
+def test_dynamic_budget_met_within_one_unit(layout, cost_model, temperature, scale):
     pools = scored_pools(layout, cost_model)
-    schedule = SCHEDULES.get("dynamic")(DynamicParams(ratio=0.4, temperature=temperature))
+    schedule = SCHEDULES.get("dynamic")(DynamicParams(ratio=0.4, temperature=temperature,
+                                                      scale=scale))
     allocation = schedule.allocate(pools, 6)
     cost = sum(sum(p.costs[:len(units)]) for p, units in zip(pools, allocation.removed))
     largest_unit = max(max(p.costs[:-1]) for p in pools)
@@ -198,6 +222,7 @@ def test_budget_beyond_the_open_modules_is_an_error():
     ("schedule.temperature=0", "temperature must be > 0"),
     ("schedule.threshold=1.5", r"threshold must be in \(0, 1\]"),
     ("schedule.threshold=0", r"threshold must be in \(0, 1\]"),
+    ("schedule.scale=linear", "Unknown scale 'linear'.* Available: log, rank"),
     ("method.estimator=mutual", "'mutual' is not one of entropy, kl, cosine"),
 ])
 def test_bad_settings_are_refused(make_cfg, override, message):

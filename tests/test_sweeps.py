@@ -41,7 +41,7 @@ EXPECTED = {
     "interaction_pareto": (40, {"method": {"dense", "interaction", "flap", "bip", "wanda_sp"},
                                 "ratio": {0.1, 0.2, 0.3, 0.5},
                                 "target": {"params", "latency"}}),
-    "interaction_ablation": (12, {"method": {"interaction"}, "ratio": {0.3},
+    "interaction_ablation": (12, {"method": {"interaction"}, "ratio": {0.5},
                                   "estimator": {"entropy", "kl", "cosine"},
                                   "interactions": {True, False},
                                   "whole_modules": {True, False}}),

@@ -5,8 +5,14 @@ Much to Prune"). The paper states only that every block gets its own ratio from 
 ratio, less important modules losing more; the mapping is prunelab's formulation:
 
 - Each sub-layer (attention or MLP of a block) has a module score ``s_m`` (higher = more
-  important; ``Pool.module_score``). Scores are compared on a log scale,
-  ``z_m = standardise(log max(s_m, 1e-12 * max s))``: module effects span orders of magnitude.
+  important; ``Pool.module_score``), turned into a standard score ``z_m`` by ``scale``:
+  - ``rank`` (default): the Gaussian rank transform, ``z_m = Phi^-1((rank_m + 1/2) / n)``.
+    Only the order of the scores counts, so one outlier module (SmolLM2's first MLP scores
+    50x the median) or a folded score below zero (interactions larger than the module's own
+    effect) cannot squeeze every other module into the same ratio;
+  - ``log``: ``standardise(log max(s_m, 1e-12 * max s))``, keeping the magnitudes. Measured
+    on SmolLM2 (README, method=interaction): four negative folded scores, floored at
+    ``1e-12 * max``, took the log-scale std and left every other module a ratio of 0.19-0.28.
 - The ratio of module ``m`` is ``r_m = sigmoid((theta - z_m) / temperature)``: monotone (a
   lower score means a higher ratio), and one temperature sets how unequal the ratios are
   (towards 0: whole modules are dropped in score order; large: every module gets the same
@@ -25,8 +31,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, unknown_name_message
 from prunelab.schedules.base import SCHEDULES, Group, Schedule, ScheduleParams
 from prunelab.schedules.pools import Pool
 
@@ -42,6 +49,8 @@ class DynamicParams(ScheduleParams):
     temperature: float = 1.0  # spread of the ratios, in standard deviations of log-scores
     threshold: float = 0.9  # a module whose ratio reaches this is removed whole
     whole_modules: bool = True  # apply the threshold rule (false: modules only thin out)
+    scale: str = "rank"  # how scores become standard scores: rank | log
+
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -49,6 +58,8 @@ class DynamicParams(ScheduleParams):
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.threshold <= 1.0:
             problems.append(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.scale not in SCALES:
+            problems.append(unknown_name_message("scale", self.scale, SCALES))
         if self.attention_ratio is not None:
             problems.append("attention_ratio does not apply to schedule=dynamic: the module "
                             "split follows the module scores")
@@ -78,6 +89,23 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
+def rank_standardised(scores: list[float]) -> list[float]:
+    """Gaussian rank transform: the normal quantile of each score's mid-rank (ties share)."""
+    n = len(scores)
+    order = sorted(range(n), key=lambda i: scores[i])
+    ranks = [0.0] * n
+    start = 0
+    while start < n:
+        end = start
+        while end + 1 < n and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2
+        start = end + 1
+    normal = NormalDist()
+    return [normal.inv_cdf((r + 0.5) / n) for r in ranks]
+
+
 def log_standardised(scores: list[float]) -> list[float]:
     """``(log s - mean) / std`` with non-positive scores floored at ``1e-12 * max``."""
     top = max(scores)
@@ -88,6 +116,9 @@ def log_standardised(scores: list[float]) -> list[float]:
     mean = sum(logs) / len(logs)
     std = math.sqrt(sum((v - mean) ** 2 for v in logs) / len(logs))
     return [(v - mean) / (std if std > 0 else 1.0) for v in logs]
+
+
+SCALES = {"rank": rank_standardised, "log": log_standardised}
 
 
 @SCHEDULES.register("dynamic")
@@ -138,7 +169,7 @@ class Dynamic(Schedule):
             raise PrunelabError(f"The budget of {budget:,.6g} cannot be met: the open modules "
                                 f"hold {most:,.6g} under {p!r}. Lower the ratio or the "
                                 "protected blocks.")
-        z = log_standardised([float(pool.module_score) for pool in open_pools])
+        z = SCALES[p.scale]([float(pool.module_score) for pool in open_pools])
         theta = self._solve(open_pools, z, budget)
         for i, pool, z_m in zip(members, open_pools, z):
             ratio = sigmoid((theta - z_m) / p.temperature)
