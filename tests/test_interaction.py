@@ -278,7 +278,8 @@ def test_module_scores_are_cached_across_budgets(make_cfg, tmp_path):
     common = ["model=tiny_llama", "method=interaction", "calibration.nsamples=8",
               "calibration.seqlen=16", "benchmark=smoke", "logger=none",
               "~benchmark.perplexity.ptb", f"paths.cache_dir={tmp_path / 'cache'}"]
-    first = pipeline.run(make_cfg(*common, "schedule.ratio=0.2", output_dir=tmp_path / "a"))
+    first = pipeline.run(make_cfg(*common, "schedule.ratio=0.2", "method.interactions=true",
+                                  output_dir=tmp_path / "a"))
     second = pipeline.run(make_cfg(*common, "schedule.ratio=0.4", "method.interactions=false",
                                    "schedule.target=macs", output_dir=tmp_path / "b"))
     assert first["pruning"]["details"]["calibration"]["module_effects_cache_hit"] is False
