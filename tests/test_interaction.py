@@ -285,6 +285,6 @@ def test_module_scores_are_cached_across_budgets(make_cfg, tmp_path):
     assert first["pruning"]["details"]["calibration"]["module_effects_cache_hit"] is False
     assert second["pruning"]["details"]["calibration"]["module_effects_cache_hit"] is True
     achieved = second["pruning"]["details"]["achieved"]
-    assert set(achieved) == {"params", "macs"} and math.isclose(achieved["macs"], 0.4,
+    assert {"params", "macs"} <= set(achieved) and math.isclose(achieved["macs"], 0.4,
                                                                  abs_tol=0.02)
     assert (tmp_path / "b" / "modules.png").is_file()

@@ -87,20 +87,33 @@ def test_unknown_target_lists_the_valid_ones(make_cfg):
 
 
 def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
+    profile = latency.LatencyProfile(SYNTHETIC.attention_costs, SYNTHETIC.mlp_costs, {})
+    monkeypatch.setattr(latency, "latency_profile", lambda *args: profile)
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=flap", "benchmark=smoke",
                                     "calibration.nsamples=8", "logger=none",
                                     "schedule.target=macs", "schedule.ratio=0.3"))
     details = results["pruning"]["details"]
     assert details["target"]["name"] == "macs"
-    assert set(details["achieved"]) == {"params", "macs"}
+    assert set(details["achieved"]) == {"params", "macs", "latency"}
+    assert 0 < details["achieved"]["latency"] < 1 and not details["achieved_unavailable"]
     assert details["achieved"]["macs"] == pytest.approx(0.3, abs=0.05)
     assert results["pruning"]["ratio_asked"] == pytest.approx(0.3, abs=1e-9)
 
-    profile = latency.LatencyProfile(SYNTHETIC.attention_costs, SYNTHETIC.mlp_costs, {})
-    monkeypatch.setattr(latency, "latency_profile", lambda *args: profile)
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=mag_sp", "benchmark=smoke",
                                     "logger=none", "schedule.target=latency",
                                     "schedule.ratio=0.3", "overwrite=true"))
     details = results["pruning"]["details"]
     assert set(details["achieved"]) == {"params", "macs", "latency"}
     assert "profiling" in results["pruning"]["wall_time_s"]
+
+
+def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkeypatch):
+    def unprofilable(*args):
+        raise PrunelabError("latency does not grow with the units on this device")
+
+    monkeypatch.setattr(latency, "latency_profile", unprofilable)
+    results = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
+                                    "logger=none", "schedule.ratio=0.3"))
+    details = results["pruning"]["details"]
+    assert set(details["achieved"]) == {"params", "macs"}
+    assert "does not grow" in details["achieved_unavailable"]["latency"]

@@ -8,7 +8,7 @@ one block; sequential methods (Wanda-sp) also see their own pruning while calibr
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -26,16 +26,19 @@ from prunelab.models.plan import PruningPlan, channel_index
 from prunelab.models.surgery import prune_model
 from prunelab.schedules import SCHEDULES, Pool, Schedule, build_pools
 from prunelab.schedules.base import select
-from prunelab.schedules.costs import CostModel, MacCost, ParameterCost
+from prunelab.schedules.costs import CostModel
 from prunelab.schedules.pools import ATTENTION, MLP
 from prunelab.schedules.targets import (
     achieved_fractions,
     cost_model_for,
+    reported_currencies,
     total_cost,
     zero_scores,
 )
 from prunelab.schedules.uniform import fill_priorities
 from prunelab.tracking.meter import PhaseMeter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,13 +90,13 @@ class StructuredMethod(PruningMethod):
         meter = PhaseMeter(loaded.device)
         params = run.schedule.params
         dtype = next(loaded.model.parameters()).dtype
-        profiling = meter.phase("profiling") if params.target == "latency" \
-            else contextlib.nullcontext()
-        with profiling:  # measures unit latencies on first use, then reads them from the cache
+        with meter.phase("profiling"):  # unit latencies: measured on first use, then cached
             cost_model = cost_model_for(params, layers, loaded.device, dtype,
                                         run.paths.cache_dir)
-        currencies = {"params": ParameterCost(), "macs": MacCost((params.target_seqlen + 1) / 2),
-                      cost_model.name: cost_model}
+            currencies, unavailable = reported_currencies(params, layers, loaded.device, dtype,
+                                                          run.paths.cache_dir, cost_model)
+        for name, reason in unavailable.items():
+            log.warning("No achieved %s fraction for this run: %s", name, reason)
         totals_before = {name: total_cost(layers, model) for name, model in currencies.items()}
         layers_before = [layer.geometry for layer in layers]
         calibration_info: dict[str, Any] = {"used": bool(self.statistics)}
@@ -135,6 +138,7 @@ class StructuredMethod(PruningMethod):
                            "total": totals_before[cost_model.name]},
                 "achieved": achieved_fractions(totals_before, loaded.adapter.layers,
                                                currencies),
+                "achieved_unavailable": unavailable,
                 "bias_compensation": self.bias_compensation,
                 "memory_kind": meter.memory_kind,
                 "calibration": calibration_info,

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from prunelab.errors import PrunelabError
 from prunelab.models.adapters import LayerAdapter
 from prunelab.schedules.costs import CostModel, LatencyCost, MacCost, ParameterCost
 from prunelab.schedules.pools import build_pools
@@ -28,6 +29,32 @@ def cost_model_for(params: Any, layers: list[LayerAdapter], device: torch.device
     profile = latency_profile(layers[0].geometry, device, dtype, params.target_seqlen,
                               params.target_batch, cache_dir)
     return LatencyCost(profile.attention, profile.mlp)
+
+
+def reported_currencies(params: Any, layers: list[LayerAdapter], device: torch.device,
+                        dtype: torch.dtype, cache_dir: str, budget_model: CostModel
+                        ) -> tuple[dict[str, CostModel], dict[str, str]]:
+    """Cost models of all three currencies, for the achieved fractions of every run.
+
+    The budget's own model is reused; latency is profiled (once per device and geometry,
+    then cached) whatever the target. When no profile can be made, the reason is returned
+    instead of a latency model, so the run records why its latency fraction is missing.
+    """
+    models: dict[str, CostModel] = {"params": ParameterCost(),
+                                    "macs": MacCost((params.target_seqlen + 1) / 2)}
+    missing: dict[str, str] = {}
+    if budget_model.name == "latency":
+        models["latency"] = budget_model
+    else:
+        from prunelab.eval.latency import latency_profile
+
+        try:
+            profile = latency_profile(layers[0].geometry, device, dtype, params.target_seqlen,
+                                      params.target_batch, cache_dir)
+            models["latency"] = LatencyCost(profile.attention, profile.mlp)
+        except PrunelabError as error:
+            missing["latency"] = str(error)
+    return models, missing
 
 
 def zero_scores(layers: list[LayerAdapter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
