@@ -33,8 +33,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Literal
 
-from prunelab.errors import PrunelabError, unknown_name_message
+from prunelab.errors import PrunelabError
 from prunelab.schedules.base import SCHEDULES, Group, Schedule, ScheduleParams
 from prunelab.schedules.pools import Pool
 
@@ -50,8 +51,7 @@ class DynamicParams(ScheduleParams):
     temperature: float = 1.0  # spread of the ratios, in units of z (standard scores)
     threshold: float = 0.9  # a module whose ratio reaches this is removed whole
     whole_modules: bool = True  # apply the threshold rule (false: modules only thin out)
-    scale: str = "rank"  # how scores become standard scores: rank | log
-
+    scale: Literal["rank", "log"] = "rank"  # how scores become standard scores
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -59,8 +59,6 @@ class DynamicParams(ScheduleParams):
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.threshold <= 1.0:
             problems.append(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.scale not in SCALES:
-            problems.append(unknown_name_message("scale", self.scale, SCALES))
         if self.attention_ratio is not None:
             problems.append("attention_ratio does not apply to schedule=dynamic: the module "
                             "split follows the module scores")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,17 +42,13 @@ def reported_currencies(params: Any, layers: list[LayerAdapter], device: torch.d
     instead of a latency model, so the run records why its latency fraction is missing.
     """
     models: dict[str, CostModel] = {"params": ParameterCost(),
-                                    "macs": MacCost((params.target_seqlen + 1) / 2)}
+                                    "macs": MacCost((params.target_seqlen + 1) / 2),
+                                    budget_model.name: budget_model}
     missing: dict[str, str] = {}
-    if budget_model.name == "latency":
-        models["latency"] = budget_model
-    else:
-        from prunelab.eval.latency import latency_profile
-
+    if "latency" not in models:
         try:
-            profile = latency_profile(layers[0].geometry, device, dtype, params.target_seqlen,
-                                      params.target_batch, cache_dir)
-            models["latency"] = LatencyCost(profile.attention, profile.mlp)
+            models["latency"] = cost_model_for(replace(params, target="latency"), layers,
+                                               device, dtype, cache_dir)
         except PrunelabError as error:
             missing["latency"] = str(error)
     return models, missing
