@@ -18,6 +18,7 @@ from pathlib import Path
 from prunelab import pipeline
 from prunelab.cli import configure_logging
 from prunelab.config.compose import compose_job
+from prunelab.record import ResultsRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ METHODS = ["flap", "wanda_sp", "mag_sp", "random"]
 DATASETS = ["wikitext2", "ptb", "c4"]
 
 
-def job(overrides: list[str], out: Path) -> dict:
+def job(overrides: list[str], out: Path) -> ResultsRecord:
     return pipeline.run(compose_job(overrides, out))
 
 
@@ -61,17 +62,17 @@ def main() -> None:
                                                            for m, r, res in rows], indent=1))
 
 
-def summary(method: str, ratio: float, results: dict) -> dict:
-    pruning = results["pruning"]
+def summary(method: str, ratio: float, results: ResultsRecord) -> dict:
+    pruning, ppl = results.pruning, results.metrics.perplexity
     return {
         "method": method, "ratio": ratio,
-        "ratio_achieved": pruning["ratio_achieved"],
-        "params_total": results["parameters"]["after"]["total"],
-        "ppl": {d: results["metrics"]["perplexity"][d]["ppl"] for d in DATASETS},
-        "windows": {d: results["metrics"]["perplexity"][d]["windows"] for d in DATASETS},
-        "prune_time_s": pruning["wall_time_s"],
-        "peak_memory_bytes": pruning["peak_memory_bytes"],
-        "calibration_cache_hit": pruning["details"].get("calibration", {}).get("cache_hit"),
+        "ratio_achieved": pruning.ratio_achieved,
+        "params_total": results.parameters.after.total,
+        "ppl": {d: ppl[d].ppl for d in DATASETS},
+        "windows": {d: ppl[d].windows for d in DATASETS},
+        "prune_time_s": pruning.wall_time_s,
+        "peak_memory_bytes": pruning.peak_memory_bytes,
+        "calibration_cache_hit": pruning.details.get("calibration", {}).get("cache_hit"),
     }
 
 

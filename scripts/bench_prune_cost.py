@@ -37,9 +37,9 @@ from prunelab.config.compose import compose_job
 from prunelab.config.schema import validate
 from prunelab.data.calibration import sample_calibration
 from prunelab.data.corpora import load_corpus
+from prunelab.meter import PhaseMeter, process_peak_rss_bytes
 from prunelab.methods import METHODS
 from prunelab.models.loading import load_model
-from prunelab.tracking.meter import PhaseMeter, process_peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 2**30
@@ -180,15 +180,15 @@ def size_study(sizes: list[int], reference: int, cache: str, out: Path) -> list[
         results = pipeline.run(compose_job([*common, f"calibration.nsamples={n}"],
                                            out / f"nsamples-{n}"))
         runs[n] = (results, time.perf_counter() - start)
-    ref_plan = runs[reference][0]["pruning"]["plan"]["layers"]
+    ref_plan = runs[reference][0].pruning.plan["layers"]
     rows = []
     for n, (results, _) in runs.items():
-        plan = results["pruning"]["plan"]["layers"]
+        plan = results.pruning.plan["layers"]
         rows.append({"nsamples": n,
                      "heads_jaccard": jaccard(plan, ref_plan, "heads"),
                      "channels_jaccard": jaccard(plan, ref_plan, "channels"),
-                     "ppl_wikitext2": results["metrics"]["perplexity"]["wikitext2"]["ppl"],
-                     "calibration_s": results["pruning"]["wall_time_s"]["calibration"]})
+                     "ppl_wikitext2": results.metrics.perplexity["wikitext2"].ppl,
+                     "calibration_s": results.pruning.wall_time_s["calibration"]})
     return rows
 
 

@@ -16,6 +16,7 @@ prefill (``<out>/<job>/profile_1x512.txt``) and a summary of where the time goes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def main() -> None:
         results = pipeline.run(compose_job([*common, *overrides],
                                            args.out / f"{method}-{ratio}"))
         rows.append({"method": method, "ratio": ratio,
-                     "params": results["parameters"]["after"]["total"],
-                     "speed": results["metrics"]["speed"]})
+                     "params": results.parameters.after.total,
+                     "speed": dataclasses.asdict(results.metrics.speed)})
     summary = [compare(row, rows[0]) for row in rows]
     table = render(summary)
     if args.profile:

@@ -14,7 +14,9 @@ from prunelab.config.schema import validate
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.methods.bip import BIP, BIPParams
 from prunelab.models.adapters import adapter_for
-from prunelab.schedules import SCHEDULES, build_pools
+from prunelab.pruning import checked_unit_scores
+from prunelab.registry import SCHEDULES
+from prunelab.schedules import build_pools
 from prunelab.schedules.base import ScheduleParams
 from tests.helpers.tiny import tiny_model
 
@@ -113,7 +115,8 @@ def test_empirical_lipschitz_is_between_none_and_bound():
 def test_block_schedule_keeps_every_block_at_the_ratio():
     adapter, stats, _, _ = calibrated("gqa")
     method = BIP(BIPParams())
-    scores = [method.score(i, layer, stats[i], False) for i, layer in enumerate(adapter.layers)]
+    scores = [method.score_block(i, layer, stats[i], False)
+              for i, layer in enumerate(adapter.layers)]
     pools = build_pools(adapter.layers, [s.heads for s in scores], [s.channels for s in scores])
     allocation = SCHEDULES.get("block")(ScheduleParams(ratio=0.4)).allocate(pools, 3)
     largest = max(c for p in pools for c in p.costs)
@@ -142,14 +145,15 @@ def test_nan_scores_are_an_error():
     adapter, stats, _, _ = calibrated("mha")
     stats[0]["head_output_norm"]["mean_norm"][0] = float("nan")
     with pytest.raises(PrunelabError, match="NaN or Inf"):
-        BIP(BIPParams())._checked_score(0, adapter.layers[0], stats[0], False)
+        checked_unit_scores(BIP(BIPParams()), 0, adapter.layers[0], stats[0], False)
 
 
 def test_second_ratio_reuses_the_statistics(make_cfg, tmp_path):
     common = ["model=tiny_llama_gqa", "method=bip", "calibration.nsamples=8", "benchmark=smoke",
               "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"]
-    first = pipeline.run(make_cfg(*common, "schedule.ratio=0.2", output_dir=tmp_path / "a"))
+    first = pipeline.run(make_cfg(*common, "schedule.ratio=0.2",
+                                  output_dir=tmp_path / "a")).to_dict()
     second = pipeline.run(make_cfg(*common, "schedule.ratio=0.5", "method.lipschitz=empirical",
-                                   output_dir=tmp_path / "b"))
+                                   output_dir=tmp_path / "b")).to_dict()
     assert first["pruning"]["details"]["calibration"]["cache_hit"] is False
     assert second["pruning"]["details"]["calibration"]["cache_hit"] is True

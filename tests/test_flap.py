@@ -120,7 +120,7 @@ def test_flap_al_am_keep_set_equals_hand_computation(make_cfg, tmp_path, data_di
     cfg = make_cfg("model=tiny_llama", "method=flap", "schedule=global", "schedule.ratio=0.3",
                    "calibration.nsamples=6", "calibration.seqlen=24", "calibration.batch_size=4",
                    "benchmark=smoke", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}")
-    results = pipeline.run(cfg)
+    results = pipeline.run(cfg).to_dict()
     from prunelab.config.schema import validate
     from prunelab.models.loading import load_model
 
@@ -139,9 +139,9 @@ def test_results_record_pruning_and_cache_reuse(make_cfg, tmp_path):
             f"paths.cache_dir={tmp_path / 'cache'}"]
     first = pipeline.run(make_cfg(*args, "schedule.ratio=0.2", output_dir=tmp_path / "a"))
     second = pipeline.run(make_cfg(*args, "schedule.ratio=0.5", output_dir=tmp_path / "b"))
-    assert first["pruning"]["details"]["calibration"]["cache_hit"] is False
-    assert second["pruning"]["details"]["calibration"]["cache_hit"] is True
-    for results in (first, second):
+    assert first.pruning.details["calibration"]["cache_hit"] is False
+    assert second.pruning.details["calibration"]["cache_hit"] is True
+    for results in (first.to_dict(), second.to_dict()):
         pruning = results["pruning"]
         assert set(pruning["wall_time_s"]) >= {"calibration", "scoring", "surgery", "total"}
         assert set(pruning["peak_memory_bytes"]) >= {"calibration", "scoring", "surgery"}
@@ -149,7 +149,7 @@ def test_results_record_pruning_and_cache_reuse(make_cfg, tmp_path):
         unit = 2 * 96 * 16 + 2 * 96 * 16  # one query head + its KV head
         assert abs(pruning["ratio_achieved"] - pruning["ratio_asked"]) * before <= unit
         assert (tmp_path / ("a" if results is first else "b") / "kept_units.png").is_file()
-    assert second["parameters"]["after"]["prunable"] < first["parameters"]["after"]["prunable"]
+    assert second.parameters.after.prunable < first.parameters.after.prunable
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["layers"] != saved["layers_before"]
 

@@ -11,19 +11,20 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from prunelab import pipeline
+from prunelab import pipeline, pruning
 from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
 from prunelab.config.schema import validate
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.eval import latency
-from prunelab.methods import structured
 from prunelab.methods.interaction import Interaction
 from prunelab.models.adapters import adapter_for
 from prunelab.models.loading import load_model
-from prunelab.models.surgery import mask_model, save_pruned
-from prunelab.schedules import SCHEDULES, build_pools
+from prunelab.models.surgery import save_pruned
+from prunelab.registry import SCHEDULES
+from prunelab.schedules import build_pools
 from prunelab.schedules.costs import LatencyCost, MacCost, ParameterCost, UnitCosts
 from prunelab.schedules.dynamic import DynamicParams, log_standardised, rank_standardised
+from tests.helpers.plans import mask_model
 from tests.helpers.tiny import tiny_model
 
 CPU = torch.device("cpu")
@@ -250,14 +251,14 @@ def test_pruned_model_equals_masked_and_reloads_exactly(make_cfg, tmp_path, monk
     loaded = load_model(run.model, run.paths.cache_dir)
     original = copy.deepcopy(loaded.model)
     seen = {}
-    real = structured.prune_model
+    real = pruning.prune_model
 
     def recording(model, adapter, plan, means, **kwargs):
         seen.update(plan=plan, means=means)
         return real(model, adapter, plan, means, **kwargs)
 
-    monkeypatch.setattr(structured, "prune_model", recording)
-    outcome = Interaction(run.method.params).prune(run, loaded)
+    monkeypatch.setattr(pruning, "prune_model", recording)
+    outcome = pruning.prune(Interaction(run.method.params), loaded, run)
     blocks = outcome.details["blocks"]
     assert any(b["attention_removed"] or b["mlp_removed"] for b in blocks)
     mask_model(adapter_for(original), seen["plan"], seen["means"])
@@ -279,9 +280,9 @@ def test_module_scores_are_cached_across_budgets(make_cfg, tmp_path):
               "calibration.seqlen=16", "benchmark=smoke", "logger=none",
               "~benchmark.perplexity.ptb", f"paths.cache_dir={tmp_path / 'cache'}"]
     first = pipeline.run(make_cfg(*common, "schedule.ratio=0.2", "method.interactions=true",
-                                  output_dir=tmp_path / "a"))
+                                  output_dir=tmp_path / "a")).to_dict()
     second = pipeline.run(make_cfg(*common, "schedule.ratio=0.4", "method.interactions=false",
-                                   "schedule.target=macs", output_dir=tmp_path / "b"))
+                                   "schedule.target=macs", output_dir=tmp_path / "b")).to_dict()
     assert first["pruning"]["details"]["calibration"]["module_effects_cache_hit"] is False
     assert second["pruning"]["details"]["calibration"]["module_effects_cache_hit"] is True
     achieved = second["pruning"]["details"]["achieved"]

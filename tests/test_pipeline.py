@@ -8,7 +8,8 @@ import pytest
 
 from prunelab import pipeline
 from prunelab.errors import ConfigError, DataMissingError, PrunelabError, UnsupportedModelError
-from prunelab.tracking.results import FAILURE_FILE, RESULTS_FILE
+from prunelab.record import RESULTS_FILE
+from prunelab.tracking.results import FAILURE_FILE
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_results_hold_every_protocol_field(tiny_job):
 
 def test_parameter_counts_by_hand(tiny_job):
     cfg, out = tiny_job
-    results = pipeline.run(cfg)
+    results = pipeline.run(cfg).to_dict()
     d, hd, heads, kv, ffn, layers, vocab = 96, 16, 6, 2, 96, 3, 257
     per_layer = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ffn
     assert results["parameters"]["before"]["prunable"] == layers * per_layer
@@ -59,9 +60,9 @@ def test_parameter_counts_by_hand(tiny_job):
 
 def test_completed_job_is_skipped(tiny_job):
     cfg, out = tiny_job
-    first = pipeline.run(cfg)
+    first = pipeline.run(cfg).to_dict()
     stamp = (out / RESULTS_FILE).stat().st_mtime_ns
-    second = pipeline.run(cfg)
+    second = pipeline.run(cfg).to_dict()
     assert second == json.loads((out / RESULTS_FILE).read_text())
     assert (out / RESULTS_FILE).stat().st_mtime_ns == stamp
     assert first["metrics"] == second["metrics"]
@@ -110,7 +111,7 @@ def test_invalid_config_writes_nothing(make_cfg, tmp_path):
 def test_logger_none_logs_nothing(make_cfg, tmp_path):
     out = tmp_path / "j"
     results = pipeline.run(make_cfg("model=tiny_llama", "benchmark=smoke", "logger=none",
-                                    output_dir=out))
+                                    output_dir=out)).to_dict()
     assert results["wandb"]["mode"] is None and not (out / "wandb").exists()
 
 
@@ -126,12 +127,12 @@ def test_folder_holding_another_jobs_results_is_refused(tiny_job, make_cfg):
     rerun = make_cfg("model=tiny_llama_gqa", "method=dense", "benchmark=smoke",
                      "benchmark.perplexity.wikitext2.max_windows=2", "overwrite=true",
                      output_dir=out)
-    assert pipeline.run(rerun)["metrics"]["perplexity"]["wikitext2"]["windows"] == 2
+    assert pipeline.run(rerun).to_dict()["metrics"]["perplexity"]["wikitext2"]["windows"] == 2
 
 
 def test_process_peak_memory_covers_every_phase(make_cfg, tmp_path):
     results = pipeline.run(make_cfg("model=tiny_llama", "method=flap", "benchmark=smoke",
-                                    "calibration.nsamples=8", "logger=none"))
+                                    "calibration.nsamples=8", "logger=none")).to_dict()
     peaks = results["pruning"]["peak_memory_bytes"]
     assert {"calibration", "scoring", "surgery"} <= set(peaks)
     assert peaks["process_max_rss"] >= max(peaks[p] for p in ("calibration", "scoring",

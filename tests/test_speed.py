@@ -59,7 +59,7 @@ def test_speed_in_a_job(make_cfg):
     results = pipeline.run(make_cfg("model=tiny_llama", "method=flap", "benchmark=smoke",
                                     "calibration.nsamples=8", "logger=none",
                                     "+benchmark.speed={grid: [[1, 32]], decode_tokens: 4, "
-                                    "repeats: 2}"))
+                                    "repeats: 2}")).to_dict()
     speed = results["metrics"]["speed"]
     assert speed["prefill"]["1x32"]["macs_per_token"]["total"] > 0
     assert "speed" in results["evaluation"]["parts_s"]

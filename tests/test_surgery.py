@@ -12,7 +12,8 @@ import torch
 import prunelab  # noqa: F401  (registers the pruned architecture)
 from prunelab.models.adapters import adapter_for
 from prunelab.models.plan import LayerPlan, PruningPlan
-from prunelab.models.surgery import mask_model, prune_model, save_pruned
+from prunelab.models.surgery import prune_model, save_pruned
+from tests.helpers.plans import keep_all, mask_model
 from tests.helpers.tiny import LAYOUTS, tiny_model
 
 
@@ -72,7 +73,7 @@ def test_pruned_geometry_follows_plan(case):
 def test_dense_plan_without_compensation_is_identity():
     model = tiny_model("gqa")
     adapter = adapter_for(model)
-    pruned = prune_model(model, adapter, PruningPlan.keep_all(adapter))
+    pruned = prune_model(model, adapter, keep_all(adapter))
     tokens = torch.randint(0, 257, (1, 9))
     assert torch.equal(logits(pruned, tokens), logits(model, tokens))
 

@@ -23,6 +23,7 @@ from prunelab.tracking.tables import (
     values_of,
 )
 from tests.conftest import CONF, compose_config
+from tests.helpers.records import record
 from tests.test_multirun import run_py
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -234,10 +235,9 @@ def test_explicit_schedule_rows_show_the_fraction_asked(make_cfg, tmp_path):
                                    "schedule.ratios=[0.1,0.5,0.3]"]),
                         ("explicit", ["method=mag_sp", "schedule=explicit",
                                       "schedule.ratios=[0.1,0.5,0.3]"])):
-        result = pipeline.run(make_cfg(*common, *extra, output_dir=tmp_path / name))
-        results.append({**result, "job": {**result["job"], "results_path": name}})
+        results.append(pipeline.run(make_cfg(*common, *extra, output_dir=tmp_path / name)))
     table = build_table(results)
-    asked = round(results[1]["pruning"]["ratio_asked"], 4)
+    asked = round(results[1].pruning.ratio_asked, 4)
     assert asked == pytest.approx(0.3, abs=0.01)
     assert [(row.method, row.ratio) for row in table.rows] == [("dense", 0.0), ("mag_sp", asked)]
 
@@ -250,14 +250,8 @@ def test_pareto_front_by_hand():
 
 
 def test_speed_columns_and_pareto_plot(tmp_path):
-    def result(method, ratio, ppl, ms, tok_s):
-        return {"metrics": {"perplexity": {"wikitext2": {"ppl": ppl}},
-                            "speed": {"prefill": {"1x512": {"median_s": ms / 1000}},
-                                      "decode": {"tokens_per_s": tok_s}}},
-                "method": method, "ratio": ratio}
-
-    rows = [result("dense", 0.0, 10.0, 600.0, 30.0), result("flap", 0.5, 30.0, 350.0, 40.0),
-            result("interaction", 0.5, 25.0, 300.0, 45.0)]
+    rows = [record("dense", 0.0, 10.0, 600.0, 30.0), record("flap", 0.5, 30.0, 350.0, 40.0),
+            record("interaction", 0.5, 25.0, 300.0, 45.0)]
     columns = columns_of(rows[0])
     assert [(c.key, c.kind) for c in columns] == [
         ("ppl/wikitext2", "ppl"), ("speed/prefill/1x512", "latency"),
@@ -265,7 +259,7 @@ def test_speed_columns_and_pareto_plot(tmp_path):
     assert values_of(rows[2]) == pytest.approx({"ppl/wikitext2": 25.0,
                                                 "speed/prefill/1x512": 300.0,
                                                 "speed/decode": 45.0})
-    table = ResultTable("tiny", columns, [Row(r["method"], r["ratio"], values=values_of(r))
+    table = ResultTable("tiny", columns, [Row(r.method.name, r.ratio, values=values_of(r))
                                           for r in rows], {})
     assert plot_pareto(table, tmp_path / "pareto.png").is_file()
     without_speed = ResultTable("tiny", columns[:1], table.rows, {})

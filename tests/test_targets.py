@@ -11,7 +11,8 @@ from prunelab.errors import ConfigError, PrunelabError
 from prunelab.eval import latency
 from prunelab.eval.speed import macs_per_token
 from prunelab.models.adapters import adapter_for
-from prunelab.schedules import SCHEDULES, build_pools
+from prunelab.registry import SCHEDULES
+from prunelab.schedules import build_pools
 from prunelab.schedules.base import ScheduleParams
 from prunelab.schedules.costs import LatencyCost, MacCost, ParameterCost, UnitCosts
 from prunelab.schedules.targets import total_cost
@@ -91,7 +92,7 @@ def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
     monkeypatch.setattr(latency, "latency_profile", lambda *args: profile)
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=flap", "benchmark=smoke",
                                     "calibration.nsamples=8", "logger=none",
-                                    "schedule.target=macs", "schedule.ratio=0.3"))
+                                    "schedule.target=macs", "schedule.ratio=0.3")).to_dict()
     details = results["pruning"]["details"]
     assert details["target"]["name"] == "macs"
     assert set(details["achieved"]) == {"params", "macs", "latency"}
@@ -101,7 +102,7 @@ def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
 
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=mag_sp", "benchmark=smoke",
                                     "logger=none", "schedule.target=latency",
-                                    "schedule.ratio=0.3", "overwrite=true"))
+                                    "schedule.ratio=0.3", "overwrite=true")).to_dict()
     details = results["pruning"]["details"]
     assert set(details["achieved"]) == {"params", "macs", "latency"}
     assert "profiling" in results["pruning"]["wall_time_s"]
@@ -113,7 +114,7 @@ def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkey
 
     monkeypatch.setattr(latency, "latency_profile", unprofilable)
     results = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
-                                    "logger=none", "schedule.ratio=0.3"))
+                                    "logger=none", "schedule.ratio=0.3")).to_dict()
     details = results["pruning"]["details"]
     assert set(details["achieved"]) == {"params", "macs"}
     assert "does not grow" in details["achieved_unavailable"]["latency"]

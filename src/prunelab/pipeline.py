@@ -1,4 +1,4 @@
-"""One job: load -> prune -> evaluate -> record (METHODS.md's pipeline, PROTOCOLS.md's record).
+"""One job: load -> prune (prunelab/pruning.py) -> evaluate -> record (results.json).
 
 ``run`` validates the whole config before anything heavy, skips a job whose results.json is
 already complete (so re-launched sweeps repeat nothing; a folder holding another job's results
@@ -9,6 +9,7 @@ no results.json.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -18,30 +19,47 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from prunelab import pruning
 from prunelab.config.schema import RunConfig, job_container, validate
+from prunelab.config.typed import to_dataclass
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
 from prunelab.eval.speed import measure_speed
 from prunelab.eval.zeroshot import check_available as check_zero_shot_available
 from prunelab.eval.zeroshot import evaluate_zero_shot
-from prunelab.methods import METHODS
+from prunelab.meter import process_peak_rss_bytes
 from prunelab.models.loading import LoadedModel, load_model
 from prunelab.models.surgery import save_pruned
+from prunelab.record import (
+    RESULTS_FILE,
+    Evaluation,
+    JobInfo,
+    LayerSizes,
+    MethodInfo,
+    Metrics,
+    ModelInfo,
+    ParameterCounts,
+    Parameters,
+    PerplexityResult,
+    PruningInfo,
+    ResultsRecord,
+    SpeedResult,
+    WandbInfo,
+    ZeroShotResult,
+    read_record,
+)
+from prunelab.registry import METHODS
 from prunelab.tracking.identity import (
     comparable_config,
     describe_differences,
     differing_keys,
     job_fingerprint,
 )
-from prunelab.tracking.meter import process_peak_rss_bytes
 from prunelab.tracking.plots import plot_kept_units, plot_module_allocation
 from prunelab.tracking.results import (
     FAILURE_FILE,
-    RESULTS_FILE,
-    SCHEMA_VERSION,
     environment,
-    read_results,
     summary_table,
     write_json_atomic,
 )
@@ -50,7 +68,7 @@ from prunelab.tracking.wandb_logger import WandbLogger
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> ResultsRecord:
     """Run the job ``cfg`` describes and return its results (also written to results.json)."""
     run_cfg = validate(cfg)
     out_dir = Path(run_cfg.paths.output_dir)
@@ -58,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resolved = job_container(cfg)
     job = {**_job_identity(run_cfg), "fingerprint": job_fingerprint(resolved)}
     if not run_cfg.overwrite:
-        previous = read_results(out_dir)
+        previous = read_record(out_dir)
         if previous is not None:
             _check_same_job(previous, resolved, out_dir)
             log.info("Skipping: %s is complete (overwrite=true re-runs it)",
@@ -87,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
-             logger: WandbLogger) -> dict[str, Any]:
+             logger: WandbLogger) -> ResultsRecord:
     started = _now()
     check_zero_shot_available(run_cfg.benchmark.zero_shot, run_cfg.paths.cache_dir)
     t0 = time.perf_counter()
@@ -95,86 +113,104 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     load_time = time.perf_counter() - t0
     _check_context(run_cfg, loaded)
     before = _parameter_counts(loaded)
-    layers_before = [_layer_record(i, layer) for i, layer in enumerate(loaded.adapter.layers)]
+    layers_before = _layer_sizes(loaded)
 
     method = METHODS.get(run_cfg.method.name)(run_cfg.method.params)
-    if not method.prunes:
+    if not method.prunes():
         log.info("method=%s removes nothing: the schedule is not used", run_cfg.method.name)
     t0 = time.perf_counter()
-    outcome = method.prune(run_cfg, loaded)
+    outcome = pruning.prune(method, loaded, run_cfg)
     prune_time = time.perf_counter() - t0
     after = _parameter_counts(loaded)
-    layers_after = [_layer_record(i, layer) for i, layer in enumerate(loaded.adapter.layers)]
+    layers_after = _layer_sizes(loaded)
     if outcome.plan is not None:
-        plot = plot_kept_units(layers_before, layers_after,
-                               f"{run_cfg.model.name} {run_cfg.method.name} "
-                               f"ratio {outcome.ratio_asked:.2f}", out_dir / "kept_units.png")
-        logger.log_image("kept_units", plot)
-        blocks = outcome.details.get("blocks", [])
-        if blocks and "attention_score" in blocks[0]:
-            plot = plot_module_allocation(blocks, layers_before,
-                                          f"{run_cfg.model.name} {run_cfg.method.name} module "
-                                          f"scores and allocation", out_dir / "modules.png")
-            logger.log_image("modules", plot)
+        _plot_pruning(run_cfg, outcome, layers_before, layers_after, out_dir, logger)
     if run_cfg.save_model:
         _save_model(loaded, outcome, out_dir / "model")
+    metrics, parts = _evaluate(run_cfg, loaded)
 
+    record = ResultsRecord(
+        job=JobInfo(**job, output_dir=str(out_dir), started_at=started, finished_at=_now()),
+        config=resolved,
+        environment=environment(),
+        model=ModelInfo(run_cfg.model.name, loaded.source, loaded.model.config.model_type,
+                        str(loaded.device), run_cfg.model.dtype, load_time),
+        method=MethodInfo(run_cfg.method.name, resolved["method"]),
+        schedule=resolved["schedule"] if method.prunes() else None,
+        parameters=Parameters(before, after),
+        pruning=PruningInfo(
+            ratio_asked=outcome.ratio_asked,
+            ratio_achieved=1 - after.prunable / before.prunable,
+            ratio_achieved_total=1 - after.total / before.total,
+            wall_time_s={"total": prune_time, **outcome.timings_s},
+            peak_memory_bytes={"process_max_rss": process_peak_rss_bytes(),
+                               **outcome.peak_memory_bytes},
+            details=outcome.details,
+            plan=outcome.plan.to_dict() if outcome.plan is not None else None,
+            removed_blocks=outcome.plan.removed_blocks() if outcome.plan is not None else []),
+        layers=layers_after,
+        layers_before=layers_before,
+        metrics=metrics,
+        evaluation=Evaluation(sum(parts.values()), parts),
+        wandb=WandbInfo(run_cfg.logger.mode if logger.run else None, logger.run_dir),
+    )
+    write_json_atomic(out_dir / RESULTS_FILE, record.to_dict())
+    logger.log_results(record)
+    print(summary_table(record))
+    return record
+
+
+def _plot_pruning(run_cfg: RunConfig, outcome: pruning.PruningOutcome,
+                  layers_before: list[LayerSizes], layers_after: list[LayerSizes],
+                  out_dir: Path, logger: WandbLogger) -> None:
+    """Kept units per block, and module scores with their allocation when there are any."""
+    name = f"{run_cfg.model.name} {run_cfg.method.name}"
+    plot = plot_kept_units(layers_before, layers_after,
+                           f"{name} ratio {outcome.ratio_asked:.2f}", out_dir / "kept_units.png")
+    logger.log_image("kept_units", plot)
+    blocks = outcome.details.get("blocks", [])
+    if blocks and "attention_score" in blocks[0]:
+        plot = plot_module_allocation(blocks, layers_before,
+                                      f"{name} module scores and allocation",
+                                      out_dir / "modules.png")
+        logger.log_image("modules", plot)
+
+
+def _evaluate(run_cfg: RunConfig, loaded: LoadedModel) -> tuple[Metrics, dict[str, float]]:
+    """The benchmark suite's measurements, and the wall time of each part."""
+    bench = run_cfg.benchmark
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"perplexity": _evaluate_perplexity(run_cfg, loaded)}
-    eval_times = {"perplexity": time.perf_counter() - t0}
-    zero_shot = run_cfg.benchmark.zero_shot
-    if zero_shot.tasks:
+    metrics = Metrics(_evaluate_perplexity(run_cfg, loaded))
+    parts = {"perplexity": time.perf_counter() - t0}
+    if bench.zero_shot.tasks:
         t0 = time.perf_counter()
-        metrics["zero_shot"] = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot,
-                                                  run_cfg.paths.cache_dir, loaded.device)
-        eval_times["zero_shot"] = time.perf_counter() - t0
-    if run_cfg.benchmark.speed.enabled:
+        metrics.zero_shot = _typed(ZeroShotResult, evaluate_zero_shot(
+            loaded.model, loaded.tokenizer, bench.zero_shot, run_cfg.paths.cache_dir,
+            loaded.device), "metrics.zero_shot")
+        parts["zero_shot"] = time.perf_counter() - t0
+    if bench.speed.enabled:
         t0 = time.perf_counter()
-        metrics["speed"] = measure_speed(loaded.model, loaded.adapter, run_cfg.benchmark.speed,
-                                         loaded.device,
-                                         loaded.model.get_input_embeddings().num_embeddings)
-        eval_times["speed"] = time.perf_counter() - t0
-
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "complete": True,
-        "job": {**job, "output_dir": str(out_dir), "started_at": started, "finished_at": _now()},
-        "config": resolved,
-        "environment": environment(),
-        "model": {"name": run_cfg.model.name, "source": loaded.source,
-                  "model_type": loaded.model.config.model_type, "device": str(loaded.device),
-                  "dtype": run_cfg.model.dtype, "load_time_s": load_time},
-        "method": {"name": run_cfg.method.name, "params": resolved["method"]},
-        "schedule": resolved["schedule"] if method.prunes else None,
-        "parameters": {"before": before, "after": after},
-        "pruning": {
-            "ratio_asked": outcome.ratio_asked,
-            "ratio_achieved": 1 - after["prunable"] / before["prunable"],
-            "ratio_achieved_total": 1 - after["total"] / before["total"],
-            "wall_time_s": {"total": prune_time, **outcome.timings_s},
-            "peak_memory_bytes": {"process_max_rss": process_peak_rss_bytes(),
-                                  **outcome.peak_memory_bytes},
-            "details": outcome.details,
-            "plan": outcome.plan.to_dict() if outcome.plan is not None else None,
-        },
-        "layers": layers_after,
-        "layers_before": layers_before,
-        "metrics": metrics,
-        "evaluation": {"wall_time_s": sum(eval_times.values()), "parts_s": eval_times},
-        "wandb": {"mode": run_cfg.logger.mode if logger.run else None,
-                  "run_dir": logger.run_dir},
-    }
-    write_json_atomic(out_dir / RESULTS_FILE, results)
-    logger.log_results(results, flat_metrics(results))
-    print(summary_table(results))
-    return results
+        metrics.speed = _typed(SpeedResult, measure_speed(
+            loaded.model, loaded.adapter, bench.speed, loaded.device,
+            loaded.model.get_input_embeddings().num_embeddings), "metrics.speed")
+        parts["speed"] = time.perf_counter() - t0
+    return metrics, parts
 
 
-def _check_same_job(previous: dict[str, Any], resolved: dict, out_dir: Path) -> None:
+def _typed(cls: type, data: dict[str, Any], where: str) -> Any:
+    """An evaluation's dict as its record type; a mismatch is a bug in prunelab."""
+    problems: list[str] = []
+    typed = to_dataclass(cls, data, where, problems)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return typed
+
+
+def _check_same_job(previous: ResultsRecord, resolved: dict, out_dir: Path) -> None:
     """Refuse to skip a folder whose results came from a different job."""
-    if job_fingerprint(previous["config"]) == job_fingerprint(resolved):
+    if job_fingerprint(previous.config) == job_fingerprint(resolved):
         return
-    differing = differing_keys([comparable_config(previous["config"]),
+    differing = differing_keys([comparable_config(previous.config),
                                 comparable_config(resolved)])
     raise PrunelabError(
         f"{out_dir / RESULTS_FILE} holds the results of a different job (old vs new):\n"
@@ -182,20 +218,21 @@ def _check_same_job(previous: dict[str, Any], resolved: dict, out_dir: Path) -> 
         "to a new folder (hydra.sweep.dir=...).")
 
 
-def _reuse_sibling(out_dir: Path, job: dict[str, Any], resolved: dict) -> dict[str, Any] | None:
+def _reuse_sibling(out_dir: Path, job: dict[str, Any], resolved: dict) -> ResultsRecord | None:
     """Copy the results of an identical job of the same sweep (dense at every ratio runs once)."""
     for candidate in sorted(out_dir.parent.glob(f"*/{RESULTS_FILE}")):
         if candidate.parent == out_dir:
             continue
-        results = read_results(candidate.parent)
-        if results is None or job_fingerprint(results["config"]) != job["fingerprint"]:
+        results = read_record(candidate.parent)
+        if results is None or job_fingerprint(results.config) != job["fingerprint"]:
             continue
         log.info("Reusing %s: this job is identical to it (same fingerprint %s)",
                  candidate, job["fingerprint"])
-        reused = {**results, "config": resolved,
-                  "job": {**results["job"], **job, "output_dir": str(out_dir),
-                          "reused_from": str(candidate.parent)}}
-        write_json_atomic(out_dir / RESULTS_FILE, reused)
+        reused = dataclasses.replace(
+            results, config=resolved,
+            job=dataclasses.replace(results.job, **job, output_dir=str(out_dir),
+                                    reused_from=str(candidate.parent)))
+        write_json_atomic(out_dir / RESULTS_FILE, reused.to_dict())
         return reused
     return None
 
@@ -210,8 +247,9 @@ def _save_model(loaded: LoadedModel, outcome, folder: Path) -> None:
     log.info("Model saved to %s", folder)
 
 
-def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel) -> dict[str, Any]:
-    metrics = {}
+def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel
+                         ) -> dict[str, PerplexityResult]:
+    results = {}
     bench = run_cfg.benchmark
     for name, spec in bench.perplexity.items():
         corpus = load_corpus(spec.dataset, spec.split, run_cfg.paths.data_dir,
@@ -219,40 +257,16 @@ def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel) -> dict[str, A
         windows = evaluation_windows(corpus, loaded.tokenizer, spec.seqlen, spec.joiner,
                                      spec.max_windows)
         value = perplexity(loaded.model, windows, bench.batch_size, loaded.device, desc=name)
-        metrics[name] = {**value, **protocol_fields(spec, corpus)}
+        results[name] = PerplexityResult(**value, **protocol_fields(spec, corpus))
         log.info("%s perplexity %.4f over %d windows", name, value["ppl"], value["windows"])
-    return metrics
-
-
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics with slash-separated keys, for W&B summaries and tables."""
-    flat = {f"ppl/{name}": m["ppl"] for name, m in results["metrics"]["perplexity"].items()}
-    zero_shot = results["metrics"].get("zero_shot")
-    if zero_shot:
-        for task, m in zero_shot["tasks"].items():
-            flat.update({f"zero_shot/{task}/{key}": m[key] for key in ("acc", "acc_norm")
-                         if m[key] is not None})
-            flat[f"zero_shot/{task}"] = m["value"]
-        flat["zero_shot/average"] = zero_shot["average"]["value"]
-    speed = results["metrics"].get("speed")
-    if speed:
-        for shape, m in speed["prefill"].items():
-            flat[f"speed/prefill_{shape}/median_s"] = m["median_s"]
-            flat[f"speed/prefill_{shape}/tokens_per_s"] = m["tokens_per_s"]
-        if "decode" in speed:
-            flat["speed/decode/tokens_per_s"] = speed["decode"]["tokens_per_s"]
-    flat["params/after_total"] = results["parameters"]["after"]["total"]
-    flat["pruning/ratio_achieved"] = results["pruning"]["ratio_achieved"]
-    flat["pruning/wall_time_s"] = results["pruning"]["wall_time_s"]["total"]
-    flat["evaluation/wall_time_s"] = results["evaluation"]["wall_time_s"]
-    return flat
+    return results
 
 
 def _check_context(run_cfg: RunConfig, loaded: LoadedModel) -> None:
     limit = loaded.adapter.context_length
     lengths = {f"benchmark.perplexity.{n}.seqlen": s.seqlen
                for n, s in run_cfg.benchmark.perplexity.items()}
-    if METHODS.get(run_cfg.method.name).prunes:
+    if METHODS.get(run_cfg.method.name).uses_calibration():
         lengths["calibration.seqlen"] = run_cfg.calibration.seqlen
     speed = run_cfg.benchmark.speed
     lengths.update({f"benchmark.speed.grid[{i}] seqlen": entry[1]
@@ -266,16 +280,17 @@ def _check_context(run_cfg: RunConfig, loaded: LoadedModel) -> None:
                             f"model {run_cfg.model.name!r}. Use a seqlen <= {limit}.")
 
 
-def _parameter_counts(loaded: LoadedModel) -> dict[str, int]:
-    return {"prunable": loaded.adapter.prunable_parameter_count(),
-            "total": loaded.adapter.total_parameter_count()}
+def _parameter_counts(loaded: LoadedModel) -> ParameterCounts:
+    return ParameterCounts(loaded.adapter.prunable_parameter_count(),
+                           loaded.adapter.total_parameter_count())
 
 
-def _layer_record(index: int, layer) -> dict[str, int]:
-    geometry = layer.geometry
-    return {"layer": index, "num_heads": geometry.num_heads,
-            "num_kv_heads": geometry.num_kv_heads,
-            "intermediate_size": geometry.intermediate_size}
+def _layer_sizes(loaded: LoadedModel) -> list[LayerSizes]:
+    sizes = []
+    for index, layer in enumerate(loaded.adapter.layers):
+        g = layer.geometry
+        sizes.append(LayerSizes(index, g.num_heads, g.num_kv_heads, g.intermediate_size))
+    return sizes
 
 
 def _job_identity(run_cfg: RunConfig) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class ModuleEffects:
     def interactions(self) -> torch.Tensor:
         """``I(k, k+1) = s_{k,k+1} - s_k - s_{k+1}`` for every adjacent pair."""
         if self.pair is None:
-            raise PrunelabError("interactions need the pair removals, which were not measured")
+            raise RuntimeError("interactions need the pair removals, which were not measured")
         flat = self.single.flatten()
         return self.pair - flat[:-1] - flat[1:]
 

@@ -108,7 +108,8 @@ class _InputMoments(Collector):
 
 
 STATISTICS: Registry[Collector] = Registry(
-    "statistic", Collector, "statistic kind name -> Collector gathering it for one block")
+    "statistic", "statistic kind name -> Collector gathering it for one block",
+    base_cls=Collector)
 
 
 @STATISTICS.register("attn_input")

@@ -2,6 +2,8 @@
 
 Method and schedule parameters are validated against the ``Params`` dataclass of the class
 their registry names, so a typo in a sweep fails in a second, before any model is loaded.
+Valid names come from the registries (prunelab/registry.py), which import only the one module
+a name points to: nothing here imports a method, a schedule or the evaluation code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prunelab.config.typed import to_dataclass
 from prunelab.errors import ConfigError, unknown_name_message
+from prunelab.registry import METHODS, SCHEDULES, ZERO_SHOT_TASKS
 
 
 @dataclass
@@ -94,10 +97,9 @@ class ZeroShotSpec:
     source: Literal["offline", "builtin"] = "offline"
 
     def check(self) -> list[str]:
-        from prunelab.eval.zeroshot_tasks import TASKS
-
-        problems = [unknown_name_message("zero-shot task", t, TASKS)
-                    for t in self.tasks if t not in TASKS]
+        tasks = ZERO_SHOT_TASKS.names()
+        problems = [unknown_name_message("zero-shot task", t, tasks)
+                    for t in self.tasks if t not in tasks]
         if len(set(self.tasks)) != len(self.tasks):
             problems.append(f"tasks are listed twice: {self.tasks}")
         if self.limit is not None and self.limit < 1:
@@ -251,9 +253,6 @@ def job_container(cfg: DictConfig) -> dict[str, Any]:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Check the whole composed config; raise one :class:`ConfigError` listing every problem."""
-    from prunelab.methods import METHODS
-    from prunelab.schedules import SCHEDULES
-
     missing = sorted(OmegaConf.missing_keys(_without_hydra(cfg)))
     if missing:
         raise ConfigError([f"{key} is required (??? in its config file): set {key}=<value>"

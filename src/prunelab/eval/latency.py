@@ -25,18 +25,26 @@ import torch.nn.functional as F
 from prunelab.errors import PrunelabError
 from prunelab.eval.speed import time_calls
 from prunelab.models.adapters import LayerGeometry
-from prunelab.schedules.costs import UnitCosts
 
 log = logging.getLogger(__name__)
 PROFILE_VERSION = 1
 
 
 @dataclass(frozen=True)
+class SubLayerFit:
+    """Seconds per token per unit, per unit group (KV head) and fixed (the rest)."""
+
+    per_unit: float
+    per_group: float
+    fixed: float
+
+
+@dataclass(frozen=True)
 class LatencyProfile:
     """Fitted seconds per token of the two sub-layer kinds, and where they were measured."""
 
-    attention: UnitCosts
-    mlp: UnitCosts
+    attention: SubLayerFit
+    mlp: SubLayerFit
     settings: dict[str, Any]
 
 
@@ -62,8 +70,8 @@ def profile_from_points(attention: list[tuple[list[float], float]],
             "target_batch.")
     # Fixed costs and the per-KV-head share may fit slightly negative from noise; a unit or a
     # removed sub-layer never makes the model slower, so they are floored at zero.
-    return LatencyProfile(UnitCosts(per_head, max(per_kv, 0.0), max(a0, 0.0)),
-                          UnitCosts(per_channel, 0.0, max(b0, 0.0)), settings)
+    return LatencyProfile(SubLayerFit(per_head, max(per_kv, 0.0), max(a0, 0.0)),
+                          SubLayerFit(per_channel, 0.0, max(b0, 0.0)), settings)
 
 
 def _median_time(fn: Callable[[], Any], device: torch.device, warmup: int,

@@ -18,26 +18,28 @@ import torch
 from tqdm.auto import tqdm
 
 from prunelab.config.schema import SpeedSpec
+from prunelab.meter import PhaseMeter
 from prunelab.models.adapters import ModelAdapter
-from prunelab.tracking.meter import PhaseMeter
+from prunelab.models.macs import attention_macs, mlp_macs
 
 
 def macs_per_token(adapter: ModelAdapter, context: float) -> dict[str, float]:
     """Multiply-accumulates of one token's forward pass attending to ``context`` positions.
 
-    Linear layers (q/k/v/o, gate/up/down, the LM head) cost their weight count; attention
-    scores and the weighted sum of values cost ``2 * heads * head_dim * context``. A block
-    that lost all its heads (or channels) costs nothing for that sub-layer.
+    The sub-layers follow models/macs.py; the LM head costs its weight count. A block that
+    lost all its heads (or channels) costs nothing for that sub-layer.
     """
     linear = attention = 0.0
     for layer in adapter.layers:
         g = layer.geometry
         if layer.has_attention:
-            q_out, kv_out = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim
-            linear += g.hidden_size * (2 * q_out + 2 * kv_out)
-            attention += 2 * q_out * context
+            projections = attention_macs(g.hidden_size, g.head_dim, g.num_heads,
+                                         g.num_kv_heads, 0.0)
+            linear += projections
+            attention += attention_macs(g.hidden_size, g.head_dim, g.num_heads,
+                                        g.num_kv_heads, context) - projections
         if layer.has_mlp:
-            linear += 3 * g.hidden_size * g.intermediate_size
+            linear += mlp_macs(g.hidden_size, g.intermediate_size)
     head = adapter.lm_head.weight.numel()
     return {"linear": linear, "attention": attention, "lm_head": float(head),
             "total": linear + attention + head}

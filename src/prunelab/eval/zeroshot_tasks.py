@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from prunelab.errors import DataMissingError
+from prunelab.registry import ZERO_SHOT_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,8 @@ TASKS: dict[str, ZeroShotTask] = {t.name: t for t in (
                   "doc_to_choice": "choices"},
                  _REQUESTS.format("openbookqa"), _arc_or_obqa("question_stem")),
 )}
+for _name, _task in TASKS.items():
+    ZERO_SHOT_TASKS.add(_name, _task)
 
 
 def package_root() -> Path:

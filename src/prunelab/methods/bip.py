@@ -29,10 +29,8 @@ from typing import Literal
 import torch
 
 from prunelab.calibration.runner import LayerStats
-from prunelab.methods.base import METHODS
-from prunelab.methods.structured import LayerScores, StructuredMethod
+from prunelab.methods import PruningMethod, UnitScores, register
 from prunelab.models.adapters import LayerAdapter
-from prunelab.schedules.costs import ParameterCost
 
 
 @dataclass
@@ -62,8 +60,8 @@ def lipschitz_empirical(response: dict[str, torch.Tensor]) -> float:
     return float(response["output_change"] / response["input_change"])
 
 
-@METHODS.register("bip")
-class BIP(StructuredMethod):
+@register("bip")
+class BIP(PruningMethod):
     """Block-wise forward importance propagation."""
 
     Params = BIPParams
@@ -87,13 +85,12 @@ class BIP(StructuredMethod):
         heads = (1 + self.lipschitz(layer, stats)) * stats["head_output_norm"]["mean_norm"]
         return heads, channels
 
-    def score(self, index: int, layer: LayerAdapter, stats: LayerStats,
-              comparable: bool) -> LayerScores:
+    def score_block(self, index: int, layer: LayerAdapter, stats: LayerStats,
+                    comparable: bool) -> UnitScores:
         heads, channels = self.importance(layer, stats)
-        costs = ParameterCost()
-        heads = heads / costs.attention(layer).per_unit
-        channels = channels / costs.mlp(layer).per_unit
+        heads = heads / layer.parameters_per_head()
+        channels = channels / layer.parameters_per_channel()
         if comparable:
             scale = float(stats["block_output_norm"]["mean_norm"])
             heads, channels = heads / scale, channels / scale
-        return LayerScores(heads, channels)
+        return UnitScores(heads, channels)

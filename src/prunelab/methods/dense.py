@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from prunelab.methods.base import METHODS, PruneOutcome, PruningMethod
+from prunelab.methods import PruningMethod, register
 
 
-@METHODS.register("dense")
+@register("dense")
 class Dense(PruningMethod):
     """Leaves the model untouched."""
 
-    prunes = False
-
-    def prune(self, run: Any, loaded: Any) -> PruneOutcome:
-        return PruneOutcome(ratio_asked=0.0)
+    removes = "nothing"

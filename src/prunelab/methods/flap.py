@@ -24,9 +24,14 @@ from typing import Literal
 import torch
 
 from prunelab.calibration.runner import LayerStats
-from prunelab.methods.base import METHODS
-from prunelab.methods.structured import LayerScores, StructuredMethod, standardize
+from prunelab.methods import PruningMethod, UnitScores, register
 from prunelab.models.adapters import LayerAdapter
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` over one block's module (FLAP's cross-layer normalisation)."""
+    std = x.std()
+    return (x - x.mean()) / (std if std > 0 else 1.0)
 
 
 def fluctuation_metric(metric: str, moments: dict[str, torch.Tensor],
@@ -49,15 +54,15 @@ class FLAPParams:
     square_attention: bool = True  # as the reference code does
 
 
-@METHODS.register("flap")
-class FLAP(StructuredMethod):
+@register("flap")
+class FLAP(PruningMethod):
     """Fluctuation-based adaptive structured pruning."""
 
     Params = FLAPParams
     statistics = ("attn_input", "mlp_input")
 
-    def score(self, index: int, layer: LayerAdapter, stats: LayerStats,
-              comparable: bool) -> LayerScores:
+    def score_block(self, index: int, layer: LayerAdapter, stats: LayerStats,
+                    comparable: bool) -> UnitScores:
         p = self.params
         attn = fluctuation_metric(p.metric, stats["attn_input"], layer.o_proj.weight)
         if p.square_attention:
@@ -65,5 +70,5 @@ class FLAP(StructuredMethod):
         mlp = fluctuation_metric(p.metric, stats["mlp_input"], layer.down_proj.weight)
         per_head = layer.geometry.num_heads
         if comparable:
-            return LayerScores(standardize(attn).view(per_head, -1).mean(1), standardize(mlp))
-        return LayerScores(attn.view(per_head, -1).sum(1), mlp)
+            return UnitScores(standardize(attn).view(per_head, -1).mean(1), standardize(mlp))
+        return UnitScores(attn.view(per_head, -1).sum(1), mlp)

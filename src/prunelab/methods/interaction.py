@@ -21,22 +21,20 @@ pruning code is not public; prunelab's formulation (METHODS.md) is:
 - What, inside a partly pruned module: FLAP's fluctuation ranking (WIFV by default), and
   FLAP's bias compensation.
 
-Module scores are cached by (model, calibration, estimator), so sweeps over budgets,
-temperatures and thresholds score once; the FLAP statistics are shared with ``method=flap``
-on the same calibration.
+The pruning stage caches module effects by (model, calibration, estimator), so sweeps over
+budgets, temperatures and thresholds score once; the FLAP statistics are shared with
+``method=flap`` on the same calibration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
-from prunelab.calibration.cache import StatisticsCache
+from prunelab.calibration.ablation import ModuleEffects
 from prunelab.calibration.runner import LayerStats
-from prunelab.methods.base import METHODS
+from prunelab.methods import EffectsRequest, PruningMethod, UnitScores, register
 from prunelab.methods.flap import FLAP, FLAPParams
-from prunelab.methods.structured import LayerScores, StructuredMethod
 from prunelab.models.adapters import LayerAdapter
 
 
@@ -50,56 +48,26 @@ class InteractionParams:
     bias_compensation: bool = True
 
 
-@METHODS.register("interaction")
-class Interaction(StructuredMethod):
+@register("interaction")
+class Interaction(PruningMethod):
     """Module scores from removal effects; FLAP ranking inside modules."""
 
     Params = InteractionParams
     statistics = FLAP.statistics
-    scores_modules = True
+    needs = frozenset({"module_effects"})
 
     def __init__(self, params: InteractionParams):
         super().__init__(params)
         self._flap = FLAP(FLAPParams(metric=params.metric,
                                      bias_compensation=params.bias_compensation))
 
-    def score(self, index: int, layer: LayerAdapter, stats: LayerStats,
-              comparable: bool) -> LayerScores:
-        return self._flap.score(index, layer, stats, comparable)
+    def score_block(self, index: int, layer: LayerAdapter, stats: LayerStats,
+                    comparable: bool) -> UnitScores:
+        return self._flap.score_block(index, layer, stats, comparable)
 
-    def module_scores(self, run: Any, loaded: Any, info: dict) -> list[tuple[float, float]]:
-        effects = self.module_effects(run, loaded, info)
+    def effects_request(self) -> EffectsRequest:
+        return EffectsRequest(self.params.estimator, pairs=self.params.interactions)
+
+    def module_scores(self, effects: ModuleEffects) -> list[tuple[float, float]]:
         scores = effects.folded() if self.params.interactions else effects.single
-        info["module_effects"] = {
-            "estimator": self.params.estimator,
-            "single": effects.single.tolist(),
-            "pair": None if effects.pair is None else effects.pair.tolist(),
-        }
         return [(float(a), float(m)) for a, m in scores]
-
-    def module_effects(self, run: Any, loaded: Any, info: dict) -> ModuleEffects:
-        """Module (and, when asked, pair) removal effects, from the cache when present.
-
-        An entry with pairs also serves ``interactions=false``, so the ablation scores once.
-        """
-        def cache_for(pairs: bool) -> StatisticsCache:
-            return StatisticsCache(run.paths.cache_dir, {
-                **self.calibration_identity(run, loaded),
-                "module_effects": self.params.estimator, "pairs": pairs})
-
-        wanted = [True] if self.params.interactions else [True, False]
-        for pairs in wanted:
-            cached = cache_for(pairs).load()
-            if cached is not None:
-                info["module_effects_cache_hit"] = True
-                fields = cached[0]["module_effects"]
-                return ModuleEffects(fields["single"], fields.get("pair"))
-        info["module_effects_cache_hit"] = False
-        effects = measure_module_effects(
-            loaded.adapter, self._samples(run, loaded), self.params.estimator,
-            self.params.interactions, run.calibration.batch_size, loaded.device)
-        fields = {"single": effects.single}
-        if effects.pair is not None:
-            fields["pair"] = effects.pair
-        cache_for(self.params.interactions).save([{"module_effects": fields}])
-        return effects

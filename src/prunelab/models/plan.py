@@ -18,6 +18,13 @@ class LayerPlan:
     heads: list[int]
     channels: list[int]
 
+    @classmethod
+    def from_removed(cls, num_heads: int, num_channels: int,
+                     gone: dict[str, set[int]]) -> LayerPlan:
+        """Keep what ``gone`` (``{"attention": {...}, "mlp": {...}}``) does not remove."""
+        return cls([h for h in range(num_heads) if h not in gone.get("attention", ())],
+                   [c for c in range(num_channels) if c not in gone.get("mlp", ())])
+
 
 @dataclass
 class PruningPlan:
@@ -26,31 +33,19 @@ class PruningPlan:
     layers: list[LayerPlan]
 
     @classmethod
-    def keep_all(cls, adapter) -> PruningPlan:
-        """The plan that keeps everything (dense)."""
-        return cls([LayerPlan(list(range(g.num_heads)), list(range(g.intermediate_size)))
-                    for g in (layer.geometry for layer in adapter.layers)])
-
-    @classmethod
     def from_removed(cls, adapter, removed: list[dict[str, set[int]]]) -> PruningPlan:
         """Build from per-layer removed sets ``{"attention": {...}, "mlp": {...}}``."""
-        layers = []
-        for layer, gone in zip(adapter.layers, removed):
-            g = layer.geometry
-            layers.append(LayerPlan(
-                [h for h in range(g.num_heads) if h not in gone.get("attention", ())],
-                [c for c in range(g.intermediate_size) if c not in gone.get("mlp", ())],
-            ))
-        return cls(layers)
+        return cls([LayerPlan.from_removed(layer.geometry.num_heads,
+                                           layer.geometry.intermediate_size, gone)
+                    for layer, gone in zip(adapter.layers, removed)])
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"layers": [asdict(layer) for layer in self.layers]}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> PruningPlan:
-        """Inverse of :meth:`to_dict`."""
-        return cls([LayerPlan(list(d["heads"]), list(d["channels"])) for d in data["layers"]])
+    def removed_blocks(self) -> list[int]:
+        """Blocks that keep neither heads nor channels: they execute nothing."""
+        return [i for i, layer in enumerate(self.layers) if not layer.heads and not layer.channels]
 
 
 def channel_index(heads: list[int], head_dim: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from transformers.initialization import no_init_weights
 
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import LayerAdapter, ModelAdapter
-from prunelab.models.plan import PruningPlan, channel_index
+from prunelab.models.plan import LayerPlan, PruningPlan, channel_index
 from prunelab.models.pruned import AUTO_MAP, REMOTE_CODE_FILES, PrunelabConfig, PrunelabForCausalLM
 
 PLAN_FILE = "pruning_plan.json"
@@ -116,7 +116,7 @@ def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
     instead of two copies of the model. The pipeline does this; ``model`` is unusable after.
     """
     if len(plan.layers) != len(adapter.layers):
-        raise PrunelabError(f"plan has {len(plan.layers)} layers, model {len(adapter.layers)}")
+        raise RuntimeError(f"plan has {len(plan.layers)} layers, model {len(adapter.layers)}")
     config = pruned_config(adapter, plan, means)
     ref = next(model.parameters())
     with no_init_weights():
@@ -167,27 +167,28 @@ def _fill_layer(dst: nn.Module, src: LayerAdapter, keep, means) -> None:
 
 
 @torch.no_grad()
-def mask_model(adapter: ModelAdapter, plan: PruningPlan, means: Means | None = None) -> None:
-    """Apply ``plan`` to the original architecture in place: zero removed columns, add biases.
+def mask_block(layer: LayerAdapter, keep: LayerPlan,
+               means: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> None:
+    """Apply one block's plan in place: zero removed columns, add compensation biases.
 
     Zeroing the o_proj / down_proj input columns removes a head's or channel's contribution
-    exactly; a KV head whose query heads are all masked then contributes nothing either.
+    exactly (a KV head whose query heads are all masked then contributes nothing either), so
+    a masked block computes what the pruned one will: sequential methods calibrate later
+    blocks on it, and tests compare pruned models with masked ones.
     """
-    for i, (layer, keep) in enumerate(zip(adapter.layers, plan.layers)):
-        attn_mean, mlp_mean = means[i] if means else (None, None)
-        for proj, kept, mean in ((layer.o_proj, channel_index(keep.heads, layer.head_dim),
-                                  attn_mean),
-                                 (layer.down_proj, torch.tensor(keep.channels, dtype=torch.long),
-                                  mlp_mean)):
-            bias = compensation_bias(proj.weight, kept, mean)
-            mask = torch.zeros(proj.in_features, dtype=torch.bool, device=proj.weight.device)
-            mask[kept.to(mask.device)] = True
-            proj.weight[:, ~mask] = 0
-            if bias is not None:
-                if proj.bias is None:
-                    proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype,
-                                                         device=proj.weight.device))
-                proj.bias += bias.to(proj.bias.dtype)
+    attn_mean, mlp_mean = means
+    for proj, kept, mean in ((layer.o_proj, channel_index(keep.heads, layer.head_dim), attn_mean),
+                             (layer.down_proj, torch.tensor(keep.channels, dtype=torch.long),
+                              mlp_mean)):
+        bias = compensation_bias(proj.weight, kept, mean)
+        mask = torch.zeros(proj.in_features, dtype=torch.bool, device=proj.weight.device)
+        mask[kept.to(mask.device)] = True
+        proj.weight[:, ~mask] = 0
+        if bias is not None:
+            if proj.bias is None:
+                proj.bias = nn.Parameter(torch.zeros(proj.out_features, dtype=proj.weight.dtype,
+                                                     device=proj.weight.device))
+            proj.bias += bias.to(proj.bias.dtype)
 
 
 def save_pruned(model: PrunelabForCausalLM, tokenizer, folder: Path, plan: PruningPlan,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, final
 
 from prunelab.errors import PrunelabError
-from prunelab.registry import Registry
 from prunelab.schedules.pools import ATTENTION, MLP, Pool
 
 
@@ -71,16 +70,9 @@ class Schedule(ABC):
     Params: ClassVar[type] = ScheduleParams
     #: True when scores must be comparable across blocks (global ranking).
     comparable_scores: ClassVar[bool] = False
-    #: True when blocks can be allocated one at a time (needed by sequential methods).
-    per_block: ClassVar[bool] = True
 
     def __init__(self, params: Any):
         self.params = params
-
-    def target_cost(self, pools: list[Pool], num_layers: int) -> float:
-        """Cost this schedule is asked to remove from ``pools``."""
-        protected = [self._protected(p.layer, num_layers) for p in pools]
-        return sum(g[1] for g in self._groups(pools, protected, num_layers).values())
 
     @final
     def allocate(self, pools: list[Pool], num_layers: int) -> Allocation:
@@ -118,6 +110,13 @@ class Schedule(ABC):
     def _protected(self, layer: int, num_layers: int) -> bool:
         return layer < self.params.protect_first or layer >= num_layers - self.params.protect_last
 
+    @staticmethod
+    def _check_open(budget: float, open_cost: float) -> None:
+        """Refuse a budget when the protected blocks leave nothing to prune."""
+        if budget > 0 and open_cost <= 0:
+            raise PrunelabError("Every block is protected: nothing can be pruned. "
+                                "Lower protect_first / protect_last.")
+
     def _module_budgets(self, pools: list[Pool], ratio: float) -> dict[str, float]:
         """Budget per group key: one shared budget, or the fixed split of ``attention_ratio``."""
         total = sum(p.total_cost for p in pools)
@@ -143,6 +142,21 @@ class Schedule(ABC):
     def _groups(self, pools: list[Pool], protected: list[bool],
                 num_layers: int) -> dict[str, Group]:
         """Selections to run, by key (``all``, or ``attention`` and ``mlp``)."""
+
+
+def fill_priorities(pool: Pool, goal: float) -> list[float]:
+    """Priority along a pool's order: its removed cost at the unit's midpoint / ``goal``.
+
+    Pools walked together by these priorities lose the same fraction of their goals at
+    every step of the walk, so each ends within one unit of its goal.
+    """
+    if goal <= 0:
+        return [math.inf] * pool.size
+    priorities, before = [], 0.0
+    for cost in pool.costs:
+        priorities.append((before + cost / 2) / goal)
+        before += cost
+    return priorities
 
 
 def select(pools: list[Pool], priorities: list[list[float]], budget: float,
@@ -181,5 +195,4 @@ def select(pools: list[Pool], priorities: list[list[float]], budget: float,
     return chosen, cost
 
 
-SCHEDULES: Registry[Schedule] = Registry(
-    "schedule", Schedule, "config schedule.name -> Schedule subclass (its Params: the schema)")
+

@@ -11,7 +11,8 @@ block's heads and channels (LLM-BIP's are both "change of the block output per p
 from __future__ import annotations
 
 from prunelab.errors import PrunelabError
-from prunelab.schedules.base import SCHEDULES, Group, Schedule
+from prunelab.registry import SCHEDULES
+from prunelab.schedules.base import Group, Schedule
 from prunelab.schedules.pools import Pool
 
 
@@ -32,9 +33,7 @@ class Block(Schedule):
                                 "fixed split.")
         budget = self.params.ratio * sum(p.total_cost for p in pools)
         open_cost = sum(p.total_cost for p, closed in zip(pools, protected) if not closed)
-        if budget > 0 and open_cost == 0:
-            raise PrunelabError("Every block is protected: nothing can be pruned. "
-                                "Lower protect_first / protect_last.")
+        self._check_open(budget, open_cost)
         fraction = budget / open_cost if open_cost else 0.0
         priorities = [[float("inf")] * p.size for p in pools]
         for layer in sorted({p.layer for p in pools}):

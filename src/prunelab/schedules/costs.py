@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from prunelab.models.adapters import LayerAdapter
+from prunelab.models.macs import attention_macs, mlp_macs
 
 
 @dataclass(frozen=True)
@@ -40,31 +41,24 @@ class CostModel(ABC):
         """Per channel and fixed costs of ``layer``'s MLP."""
 
 
-def _row_params(linear) -> int:
-    return linear.in_features + (1 if linear.bias is not None else 0)
-
-
 class ParameterCost(CostModel):
     """Weights and original biases of q/k/v/o and gate/up/down (the default budget)."""
 
     name, unit = "params", "parameters"
 
     def attention(self, layer: LayerAdapter) -> UnitCosts:
-        hd = layer.head_dim
-        return UnitCosts(hd * _row_params(layer.q_proj) + hd * layer.o_proj.out_features,
-                         hd * (_row_params(layer.k_proj) + _row_params(layer.v_proj)))
+        return UnitCosts(layer.parameters_per_head(), layer.parameters_per_kv_head())
 
     def mlp(self, layer: LayerAdapter) -> UnitCosts:
-        return UnitCosts(_row_params(layer.gate_proj) + _row_params(layer.up_proj)
-                         + layer.down_proj.out_features)
+        return UnitCosts(layer.parameters_per_channel())
 
 
 @dataclass(frozen=True)
 class MacCost(CostModel):
-    """Multiply-accumulates per token at an average attended ``context`` (as eval/speed.py).
+    """Multiply-accumulates per token at an average attended ``context`` (models/macs.py).
 
-    A query head costs its projections plus ``2 * head_dim * context`` for its scores and
-    weighted values; a KV head its k/v projections; a channel its three projections.
+    A query head costs its projections and its scores; a KV head its k/v projections; a
+    channel its three projections.
     """
 
     context: float
@@ -72,10 +66,11 @@ class MacCost(CostModel):
 
     def attention(self, layer: LayerAdapter) -> UnitCosts:
         d, hd = layer.hidden_size, layer.head_dim
-        return UnitCosts(2 * d * hd + 2 * hd * self.context, 2 * d * hd)
+        return UnitCosts(attention_macs(d, hd, 1, 0, self.context),
+                         attention_macs(d, hd, 0, 1, self.context))
 
     def mlp(self, layer: LayerAdapter) -> UnitCosts:
-        return UnitCosts(3 * layer.hidden_size)
+        return UnitCosts(mlp_macs(layer.hidden_size, 1))
 
 
 @dataclass(frozen=True)

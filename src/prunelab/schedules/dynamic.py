@@ -36,7 +36,8 @@ from statistics import NormalDist
 from typing import Literal
 
 from prunelab.errors import PrunelabError
-from prunelab.schedules.base import SCHEDULES, Group, Schedule, ScheduleParams
+from prunelab.registry import SCHEDULES
+from prunelab.schedules.base import Group, Schedule, ScheduleParams, fill_priorities
 from prunelab.schedules.pools import Pool
 
 #: Priority of the units of wholly removed modules: before every fill priority (>= 0).
@@ -125,7 +126,6 @@ class Dynamic(Schedule):
     """Per-module ratios from module scores, met exactly by bisection on one shift."""
 
     Params = DynamicParams
-    per_block = False
 
     def __init__(self, params: DynamicParams):
         super().__init__(params)
@@ -157,9 +157,7 @@ class Dynamic(Schedule):
         priorities = [[math.inf] * pool.size for pool in pools]
         self.decisions, self._floors = [], {}
         if budget <= 0 or not members:
-            if budget > 0:
-                raise PrunelabError("Every block is protected: nothing can be pruned. "
-                                    "Lower protect_first / protect_last.")
+            self._check_open(budget, 0.0)
             return {"all": (list(range(len(pools))), budget, priorities)}
         open_pools = [pools[i] for i in members]
         most = sum(pool.total_cost if p.whole_modules else pool.total_cost - pool.fixed
@@ -179,7 +177,7 @@ class Dynamic(Schedule):
                 priorities[i] = [WHOLE] * pool.size
                 self._floors[(pool.layer, pool.module)] = 0
             else:
-                priorities[i] = _fill(pool, ratio)
+                priorities[i] = fill_priorities(pool, ratio * (pool.total_cost - pool.fixed))
                 if p.whole_modules:  # a partly pruned module stays below the threshold
                     self._floors[(pool.layer, pool.module)] = \
                         pool.size - (math.ceil(p.threshold * pool.size) - 1)
@@ -216,14 +214,3 @@ class Dynamic(Schedule):
                 high = mid
         return high if self._removed_cost(pools, z, high)[1] <= budget else low
 
-
-def _fill(pool: Pool, ratio: float) -> list[float]:
-    """Priority along the order: removed unit cost at the unit's midpoint / the module's goal."""
-    goal = ratio * (pool.total_cost - pool.fixed)
-    if goal <= 0:
-        return [math.inf] * pool.size
-    priorities, before = [], 0.0
-    for cost in pool.costs:
-        priorities.append((before + cost / 2) / goal)
-        before += cost
-    return priorities

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prunelab.errors import PrunelabError
-from prunelab.schedules.base import SCHEDULES, Group, Schedule, ScheduleParams
+from prunelab.registry import SCHEDULES
+from prunelab.schedules.base import Group, Schedule, ScheduleParams, fill_priorities
 from prunelab.schedules.pools import ATTENTION, Pool
-from prunelab.schedules.uniform import fill_priorities
 
 
 @dataclass
@@ -57,4 +57,5 @@ class Explicit(Schedule):
         targets = self.pool_targets(pools, num_layers)
         budget = sum(t * p.total_cost for t, p in zip(targets, pools))
         return {"all": (list(range(len(pools))),
-                        budget, [fill_priorities(p, t) for p, t in zip(pools, targets)])}
+                        budget, [fill_priorities(p, t * p.total_cost)
+                                for p, t in zip(pools, targets)])}

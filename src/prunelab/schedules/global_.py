@@ -9,7 +9,8 @@ unless ``min_heads`` / ``min_channels`` are set.
 
 from __future__ import annotations
 
-from prunelab.schedules.base import SCHEDULES, Group, Schedule
+from prunelab.registry import SCHEDULES
+from prunelab.schedules.base import Group, Schedule
 from prunelab.schedules.pools import Pool
 
 
@@ -18,7 +19,6 @@ class Global(Schedule):
     """One cost-weighted ranking over all blocks (or one per module with attention_ratio)."""
 
     comparable_scores = True
-    per_block = False
 
     def _groups(self, pools: list[Pool], protected: list[bool],
                 num_layers: int) -> dict[str, Group]:

@@ -7,14 +7,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 
 from prunelab.errors import PrunelabError
+from prunelab.eval import latency
 from prunelab.models.adapters import LayerAdapter
-from prunelab.schedules.costs import CostModel, LatencyCost, MacCost, ParameterCost
+from prunelab.schedules.costs import CostModel, LatencyCost, MacCost, ParameterCost, UnitCosts
 from prunelab.schedules.pools import build_pools
 
 
@@ -25,11 +26,9 @@ def cost_model_for(params: Any, layers: list[LayerAdapter], device: torch.device
         return ParameterCost()
     if params.target == "macs":
         return MacCost((params.target_seqlen + 1) / 2)
-    from prunelab.eval.latency import latency_profile
-
-    profile = latency_profile(layers[0].geometry, device, dtype, params.target_seqlen,
+    profile = latency.latency_profile(layers[0].geometry, device, dtype, params.target_seqlen,
                               params.target_batch, cache_dir)
-    return LatencyCost(profile.attention, profile.mlp)
+    return LatencyCost(UnitCosts(**asdict(profile.attention)), UnitCosts(**asdict(profile.mlp)))
 
 
 def reported_currencies(params: Any, layers: list[LayerAdapter], device: torch.device,

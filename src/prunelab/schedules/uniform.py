@@ -8,21 +8,9 @@ pool ends within one unit of the common fraction, and the total within half a un
 
 from __future__ import annotations
 
-from prunelab.errors import PrunelabError
-from prunelab.schedules.base import SCHEDULES, Group, Schedule
+from prunelab.registry import SCHEDULES
+from prunelab.schedules.base import Group, Schedule, fill_priorities
 from prunelab.schedules.pools import Pool
-
-
-def fill_priorities(pool: Pool, target: float) -> list[float]:
-    """Priority of each unit along the order: removed cost at its midpoint / target cost."""
-    if target <= 0:
-        return [float("inf")] * pool.size
-    goal = target * pool.total_cost
-    priorities, before = [], 0.0
-    for cost in pool.costs:
-        priorities.append((before + cost / 2) / goal)
-        before += cost
-    return priorities
 
 
 @SCHEDULES.register("uniform")
@@ -35,9 +23,7 @@ class Uniform(Schedule):
         for key, budget in self._module_budgets(pools, self.params.ratio).items():
             members = self._group_members(pools, key)
             open_cost = sum(pools[i].total_cost for i in members if not protected[i])
-            if budget > 0 and open_cost == 0:
-                raise PrunelabError("Every block is protected: nothing can be pruned. "
-                                    "Lower protect_first / protect_last.")
+            self._check_open(budget, open_cost)
             for i in members:
                 targets[i] = 0.0 if protected[i] else budget / open_cost
         return targets
@@ -48,6 +34,7 @@ class Uniform(Schedule):
         groups = {}
         for key, budget in self._module_budgets(pools, self.params.ratio).items():
             members = self._group_members(pools, key)
-            priorities = [fill_priorities(pools[i], targets[i]) for i in members]
+            priorities = [fill_priorities(pools[i], targets[i] * pools[i].total_cost)
+                          for i in members]
             groups[key] = (members, budget, priorities)
         return groups

@@ -43,7 +43,7 @@ class SweepSummary(Callback):
         pareto = plot_pareto(table, sweep_dir / "pareto.png")
         print(f"\nSweep table ({sweep_dir}):\n{table.to_markdown()}\n")
         log.info("Sweep table written to %s", ", ".join(str(p) for p in paths.values()))
-        _log_to_wandb(config, sweep_dir, table, [plot, pareto], results[0]["job"].get("group"))
+        _log_to_wandb(config, sweep_dir, table, [plot, pareto], results[0].job.group)
 
 
 def _log_to_wandb(config: DictConfig, sweep_dir: Path, table: ResultTable,

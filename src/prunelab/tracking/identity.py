@@ -15,18 +15,18 @@ import hashlib
 import json
 from typing import Any
 
+from prunelab.registry import METHODS
+
 _NOT_RESULT_CHANGING = ("paths", "logger", "experiment_name", "overwrite", "save_model")
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved job config that determines its results (a deep copy)."""
-    from prunelab.methods import METHODS
-
     kept = {k: copy.deepcopy(v) for k, v in config.items() if k not in _NOT_RESULT_CHANGING}
     name = config.get("method", {}).get("name")
     if name in METHODS:
         method = METHODS.get(name)
-        if not method.prunes:
+        if not method.prunes():
             kept.pop("schedule", None)
         if not method.uses_calibration():
             kept.pop("calibration", None)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from prunelab.record import LayerSizes
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -21,20 +23,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: str,
-                    path: Path) -> Path:
+def plot_kept_units(layers_before: list[LayerSizes], layers_after: list[LayerSizes],
+                    title: str, path: Path) -> Path:
     """Bars of kept query heads, KV heads and MLP channels per block, as fractions of dense."""
-    index = [record["layer"] for record in layers_after]
+    index = [record.layer for record in layers_after]
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.28 * len(index) + 2), 5.5), sharex=True)
     for key, label in (("num_heads", "query heads"), ("num_kv_heads", "KV heads")):
         axes[0].bar([i + (0.2 if key == "num_kv_heads" else -0.2) for i in index],
-                    [a[key] / max(b[key], 1) for a, b in zip(layers_after, layers_before)],
+                    [getattr(a, key) / max(getattr(b, key), 1)
+                     for a, b in zip(layers_after, layers_before)],
                     width=0.4, label=label)
     axes[0].set_ylabel("kept fraction")
     axes[0].set_ylim(0, 1.05)
     axes[0].legend(loc="lower right", fontsize=8)
     axes[0].set_title(title, fontsize=10)
-    axes[1].bar(index, [a["intermediate_size"] / max(b["intermediate_size"], 1)
+    axes[1].bar(index, [a.intermediate_size / max(b.intermediate_size, 1)
                         for a, b in zip(layers_after, layers_before)], color="tab:green")
     axes[1].set_ylabel("kept MLP channels")
     axes[1].set_ylim(0, 1.05)
@@ -42,7 +45,7 @@ def plot_kept_units(layers_before: list[dict], layers_after: list[dict], title: 
     return _save(fig, path)
 
 
-def plot_module_allocation(blocks: list[dict], layers_before: list[dict], title: str,
+def plot_module_allocation(blocks: list[dict], layers_before: list[LayerSizes], title: str,
                            path: Path) -> Path:
     """Module scores per block (log scale) over the fraction of each sub-layer removed.
 
@@ -58,8 +61,8 @@ def plot_module_allocation(blocks: list[dict], layers_before: list[dict], title:
         scores = [max(b[f"{module}_score"], 1e-12) for b in blocks]
         axes[0].bar([i + offset for i in index], scores, width=0.4, color=color, label=module)
         removed, total = sizes[module]
-        fractions = [b[removed] / max(before[total], 1) for b, before in zip(blocks,
-                                                                             layers_before)]
+        fractions = [b[removed] / max(getattr(before, total), 1)
+                     for b, before in zip(blocks, layers_before)]
         hatches = ["//" if b[f"{module}_removed"] else "" for b in blocks]
         for i, fraction, hatch in zip(index, fractions, hatches):
             axes[1].bar(i + offset, fraction, width=0.4, color=color, hatch=hatch,

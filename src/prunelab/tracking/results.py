@@ -1,4 +1,7 @@
-"""results.json: written atomically, read back by tables, resume logic and W&B."""
+"""Writing results.json atomically, what each job records of its environment, its summary.
+
+The record itself (its fields, versions and reader) is prunelab/record.py.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from typing import Any
 
 import torch
 
-RESULTS_FILE = "results.json"
+from prunelab.record import ResultsRecord
+
 FAILURE_FILE = "failure.json"
-SCHEMA_VERSION = 1
 _PACKAGES = ("prunelab", "torch", "transformers", "hydra-core", "omegaconf", "datasets",
              "wandb", "lm-eval", "accelerate", "safetensors", "gguf")
 
@@ -32,18 +35,6 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """The complete results of a job folder, or None when the job has not finished."""
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return results if results.get("complete") else None
 
 
 def environment() -> dict[str, Any]:
@@ -77,31 +68,32 @@ def git_revision() -> str | None:
     return rev + ("+dirty" if dirty.strip() else "")
 
 
-def summary_table(results: dict[str, Any]) -> str:
+def summary_table(record: ResultsRecord) -> str:
     """A short Markdown table of one job's headline numbers, printed at the end of a run."""
-    pruning = results["pruning"]
-    rows = [("model", results["model"]["name"]), ("method", results["method"]["name"]),
+    pruning, metrics = record.pruning, record.metrics
+    rows = [("model", record.model.name), ("method", record.method.name),
             ("ratio asked / achieved",
-             f"{pruning['ratio_asked']:.3f} / {pruning['ratio_achieved']:.3f}"),
-            ("parameters after", f"{results['parameters']['after']['total']:,}")]
-    for name, metric in results["metrics"]["perplexity"].items():
-        rows.append((f"ppl {name} (seqlen {metric['seqlen']}, {metric['windows']} windows)",
-                     f"{metric['ppl']:.3f}"))
-    zero_shot = results["metrics"].get("zero_shot")
-    if zero_shot:
-        for task, metric in zero_shot["tasks"].items():
-            rows.append((f"{task} {metric['metric']} ({metric['documents']} documents)",
-                         f"{100 * metric['value']:.2f}"))
-        rows.append((f"zero-shot average ({zero_shot['average']['convention']})",
-                     f"{100 * zero_shot['average']['value']:.2f}"))
-    speed = results["metrics"].get("speed")
-    if speed:
-        for shape, metric in speed["prefill"].items():
+             f"{pruning.ratio_asked:.3f} / {pruning.ratio_achieved:.3f}"),
+            ("parameters after", f"{record.parameters.after.total:,}")]
+    if pruning.removed_blocks:
+        rows.append(("blocks removed", ", ".join(map(str, pruning.removed_blocks))))
+    for name, ppl in metrics.perplexity.items():
+        rows.append((f"ppl {name} (seqlen {ppl.seqlen}, {ppl.windows} windows)",
+                     f"{ppl.ppl:.3f}"))
+    if metrics.zero_shot is not None:
+        for task, result in metrics.zero_shot.tasks.items():
+            rows.append((f"{task} {result.metric} ({result.documents} documents)",
+                         f"{100 * result.value:.2f}"))
+        average = metrics.zero_shot.average
+        rows.append((f"zero-shot average ({average.convention})", f"{100 * average.value:.2f}"))
+    if metrics.speed is not None:
+        for shape, timing in metrics.speed.prefill.items():
             rows.append((f"prefill {shape} median (tokens/s)",
-                         f"{1000 * metric['median_s']:.1f} ms ({metric['tokens_per_s']:.0f})"))
-        if "decode" in speed:
-            rows.append((f"decode {speed['decode']['new_tokens']} tokens",
-                         f"{speed['decode']['tokens_per_s']:.1f} tokens/s"))
+                         f"{1000 * timing.median_s:.1f} ms ({timing.tokens_per_s:.0f})"))
+        if metrics.speed.decode is not None:
+            decode = metrics.speed.decode
+            rows.append((f"decode {decode.new_tokens} tokens",
+                         f"{decode.tokens_per_s:.1f} tokens/s"))
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'field'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.eval.zeroshot_tasks import TASKS
+from prunelab.record import RESULTS_FILE, ResultsRecord, read_record
 from prunelab.tracking.identity import (
     ABSENT,
     comparable_config,
@@ -28,7 +29,6 @@ from prunelab.tracking.identity import (
     flatten,
     job_fingerprint,
 )
-from prunelab.tracking.results import RESULTS_FILE
 
 MISSING = "–"
 DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
@@ -38,50 +38,43 @@ DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
 class Column:
     """A column of one kind: ``ppl``, ``accuracy`` (%), ``latency`` or ``throughput``.
 
-    Latency is the median prefill time in ms; throughput the decode tokens per second.
+    Its values are the record's flat metric ``metric`` times ``scale``: accuracies in %,
+    latency as the median prefill time in ms, throughput as decode tokens per second.
     """
 
-    key: str  # ppl/<dataset>, zero_shot/<task>, zero_shot/average
+    key: str  # ppl/<dataset>, zero_shot/<task>, zero_shot/average, speed/...
     label: str
     kind: str
+    metric: str = ""
+    scale: float = 1.0
 
 
-def columns_of(result: dict[str, Any]) -> list[Column]:
+def columns_of(record: ResultsRecord) -> list[Column]:
     """The columns one job's metrics give: perplexities, then tasks and their average."""
-    from prunelab.eval.zeroshot_tasks import TASKS
-
-    columns = [Column(f"ppl/{name}", DATASET_LABELS.get(name, name), "ppl")
-               for name in result["metrics"].get("perplexity", {})]
-    zero_shot = result["metrics"].get("zero_shot")
-    if zero_shot:
-        columns += [Column(f"zero_shot/{task}", TASKS[task].label if task in TASKS else task,
-                           "accuracy") for task in zero_shot["tasks"]]
-        columns.append(Column("zero_shot/average", "Avg", "accuracy"))
-    speed = result["metrics"].get("speed")
-    if speed:
-        columns += [Column(f"speed/prefill/{shape}", f"Prefill {shape} ms", "latency")
-                    for shape in speed["prefill"]]
-        if speed.get("decode"):
-            columns.append(Column("speed/decode", "Decode tok/s", "throughput"))
+    metrics = record.metrics
+    columns = [Column(f"ppl/{name}", DATASET_LABELS.get(name, name), "ppl", f"ppl/{name}")
+               for name in metrics.perplexity]
+    if metrics.zero_shot is not None:
+        columns += [Column(f"zero_shot/{task}",
+                           TASKS[task].label if task in TASKS else task, "accuracy",
+                           f"zero_shot/{task}", 100.0) for task in metrics.zero_shot.tasks]
+        columns.append(Column("zero_shot/average", "Avg", "accuracy", "zero_shot/average", 100.0))
+    if metrics.speed is not None:
+        columns += [Column(f"speed/prefill/{shape}", f"Prefill {shape} ms", "latency",
+                           f"speed/prefill_{shape}/median_s", 1000.0)
+                    for shape in metrics.speed.prefill]
+        if metrics.speed.decode is not None:
+            columns.append(Column("speed/decode", "Decode tok/s", "throughput",
+                                  "speed/decode/tokens_per_s"))
     return columns
 
 
-def values_of(result: dict[str, Any]) -> dict[str, float]:
+def values_of(record: ResultsRecord) -> dict[str, float]:
     """Column key -> value of one job (accuracies in %, as the papers print them)."""
-    values = {f"ppl/{name}": m["ppl"]
-              for name, m in result["metrics"].get("perplexity", {}).items()}
-    zero_shot = result["metrics"].get("zero_shot")
-    if zero_shot:
-        values.update({f"zero_shot/{task}": 100 * m["value"]
-                       for task, m in zero_shot["tasks"].items()})
-        values["zero_shot/average"] = 100 * zero_shot["average"]["value"]
-    speed = result["metrics"].get("speed")
-    if speed:
-        values.update({f"speed/prefill/{shape}": 1000 * m["median_s"]
-                       for shape, m in speed["prefill"].items()})
-        if speed.get("decode"):
-            values["speed/decode"] = speed["decode"]["tokens_per_s"]
-    return values
+    flat = record.flat_metrics()
+    return {c.key: flat[c.metric] * c.scale for c in columns_of(record) if c.metric in flat}
+
+
 #: Config fields that must agree across a table (batch size does not change a number).
 _PROTOCOL_IGNORED = ("model.device", "benchmark.batch_size", "benchmark.description")
 
@@ -149,7 +142,7 @@ class ResultTable:
         return "\n".join(lines)
 
 
-def collect_results(folders: list[Path]) -> list[dict[str, Any]]:
+def collect_results(folders: list[Path]) -> list[ResultsRecord]:
     """The complete results.json files below ``folders`` (in sweep job order)."""
     found = []
     for folder in folders:
@@ -157,44 +150,41 @@ def collect_results(folders: list[Path]) -> list[dict[str, Any]]:
         if not folder.is_dir():
             raise PrunelabError(f"Sweep folder {str(folder)!r} does not exist.")
         for path in sorted(folder.rglob(RESULTS_FILE)):
-            results = json.loads(path.read_text())
-            if results.get("complete"):
-                results.setdefault("job", {})["results_path"] = str(path)
-                found.append(results)
+            record = read_record(path.parent)
+            if record is not None:
+                found.append(record)
     if not found:
         raise PrunelabError(
             f"No complete {RESULTS_FILE} under {', '.join(map(str, folders))}: the sweep has not "
             "finished any job yet (see each job's failure.json or log).")
-    return sorted(found, key=lambda r: (r["job"].get("num") is None, r["job"].get("num") or 0,
-                                        r["job"]["results_path"]))
+    return sorted(found, key=lambda r: (r.job.num is None, r.job.num or 0, str(r.path)))
 
 
-def build_table(results: list[dict[str, Any]]) -> ResultTable:
+def build_table(results: list[ResultsRecord]) -> ResultTable:
     """Arrange results as method x ratio rows; refuse results of different protocols."""
     _check_protocol(results)
     columns = columns_of(results[0])
-    by_method: dict[str, list[dict[str, Any]]] = {}
+    by_method: dict[str, list[ResultsRecord]] = {}
     for result in results:
-        by_method.setdefault(result["method"]["name"], []).append(result)
+        by_method.setdefault(result.method.name, []).append(result)
     rows: dict[tuple, Row] = {}
     seen_fingerprints: set[str] = set()
     for method, group in by_method.items():
         labels = _variant_labels(group)
         for result, variant in zip(group, labels):
-            fingerprint = job_fingerprint(result["config"])
+            fingerprint = job_fingerprint(result.config)
             if fingerprint in seen_fingerprints:  # the same job reached by another sweep point
                 continue
             seen_fingerprints.add(fingerprint)
-            ratio = _ratio(result)
-            key = (method, variant, ratio)
+            key = (method, variant, result.ratio)
             if key in rows:
                 raise PrunelabError(
-                    f"Two different jobs give the row {method} {variant} at ratio {ratio}: "
-                    f"{rows[key].sources[0]} and {result['job']['results_path']}. Put them in "
+                    f"Two different jobs give the row {method} {variant} at ratio "
+                    f"{result.ratio}: {rows[key].sources[0]} and {result.path}. Put them in "
                     "separate tables.")
-            rows[key] = Row(method, ratio, variant, result["parameters"]["after"]["total"],
-                            values_of(result), [result["job"]["results_path"]])
-    return ResultTable(results[0]["model"]["name"], columns,
+            rows[key] = Row(method, result.ratio, variant, result.parameters.after.total,
+                            values_of(result), [str(result.path)])
+    return ResultTable(results[0].model.name, columns,
                        _arrange(rows, list(by_method), _swept_ratios(results)),
                        _protocol(results[0]))
 
@@ -210,7 +200,7 @@ def write_table(table: ResultTable, folder: Path, stem: str = "table") -> dict[s
     return paths
 
 
-def _check_protocol(results: list[dict[str, Any]]) -> None:
+def _check_protocol(results: list[ResultsRecord]) -> None:
     protocols = [{k: v for k, v in flatten(_protocol(r)).items()
                   if not k.startswith(_PROTOCOL_IGNORED)} for r in results]
     differing = differing_keys(protocols)
@@ -221,29 +211,23 @@ def _check_protocol(results: list[dict[str, Any]]) -> None:
             "separately).")
 
 
-def _protocol(result: dict[str, Any]) -> dict[str, Any]:
-    config = result["config"]
-    return {"model": config["model"], "benchmark": config["benchmark"]}
+def _protocol(result: ResultsRecord) -> dict[str, Any]:
+    return {"model": result.config["model"], "benchmark": result.config["benchmark"]}
 
 
-def _ratio(result: dict[str, Any]) -> float:
-    """The fraction the job asked for (explicit schedules: what their lists add up to)."""
-    return 0.0 if result["pruning"]["plan"] is None else round(result["pruning"]["ratio_asked"], 4)
-
-
-def _swept_ratios(results: list[dict[str, Any]]) -> set[float]:
+def _swept_ratios(results: list[ResultsRecord]) -> set[float]:
     """Every ratio of the sweep, also those only a dense job (which ignores it) was given."""
-    ratios = {_ratio(r) for r in results}
+    ratios = {r.ratio for r in results}
     for result in results:
-        schedule = result["config"].get("schedule") or {}
-        if result["pruning"]["plan"] is None and schedule.get("name") != "explicit":
+        schedule = result.config.get("schedule") or {}
+        if result.pruning.plan is None and schedule.get("name") != "explicit":
             ratios.add(round(float(schedule.get("ratio", 0.0)), 4))
     return ratios - {0.0}
 
 
-def _variant_labels(group: list[dict[str, Any]]) -> list[str]:
+def _variant_labels(group: list[ResultsRecord]) -> list[str]:
     """For one method's results, the settings besides the ratio that vary between them."""
-    configs = [comparable_config(r["config"]) for r in group]
+    configs = [comparable_config(r.config) for r in group]
     for config in configs:
         config.get("schedule", {}).pop("ratio", None)
         config.pop("model", None)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.config.schema import LoggerConfig
+from prunelab.record import ResultsRecord
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,14 @@ class WandbLogger:
             log.warning("W&B disabled for this job: %s: %s", type(err).__name__, err)
             self.run = None
 
-    def log_results(self, results: dict[str, Any], flat_metrics: dict[str, float]) -> None:
-        """Log metrics to the summary and the metric table."""
+    def log_results(self, record: ResultsRecord) -> None:
+        """Log the record's flat metrics to the summary and the metric table."""
         if self.run is None:
             return
         try:
             import wandb
 
+            flat_metrics = record.flat_metrics()
             self.run.log(flat_metrics)
             self.run.summary.update(flat_metrics)
             table = wandb.Table(columns=["metric", "value"],

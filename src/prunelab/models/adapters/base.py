@@ -127,9 +127,26 @@ class LayerAdapter(ABC):
         g = self.geometry
         return [h * g.num_kv_heads // g.num_heads for h in range(g.num_heads)]
 
+    def parameters_per_head(self) -> int:
+        """Parameters of one query head: its q_proj rows (with bias) and o_proj columns."""
+        return self.head_dim * (_row_parameters(self.q_proj) + self.o_proj.out_features)
+
+    def parameters_per_kv_head(self) -> int:
+        """Parameters of one KV head: its k_proj and v_proj rows (with biases)."""
+        return self.head_dim * (_row_parameters(self.k_proj) + _row_parameters(self.v_proj))
+
+    def parameters_per_channel(self) -> int:
+        """Parameters of one MLP channel: its gate/up rows (with biases) and down column."""
+        return (_row_parameters(self.gate_proj) + _row_parameters(self.up_proj)
+                + self.down_proj.out_features)
+
     def prunable_parameter_count(self) -> int:
         """Parameters (weights and biases) of the seven projections."""
         return sum(p.numel() for lin in self.projections().values() for p in lin.parameters())
+
+
+def _row_parameters(linear: nn.Linear) -> int:
+    return linear.in_features + (1 if linear.bias is not None else 0)
 
 
 class ModelAdapter(ABC):
@@ -184,9 +201,8 @@ class ModelAdapter(ABC):
 
 
 ADAPTERS: Registry[ModelAdapter] = Registry(
-    "model architecture", ModelAdapter,
-    "model_type of a Hugging Face config -> ModelAdapter subclass",
-)
+    "model architecture", "model_type of a Hugging Face config -> ModelAdapter subclass",
+    base_cls=ModelAdapter)
 
 
 def adapter_for(model: nn.Module) -> ModelAdapter:

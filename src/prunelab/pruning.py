@@ -1,0 +1,333 @@
+"""The pruning stage: calibrate -> (module effects) -> score -> allocate -> cut -> report.
+
+Written once for every method. A method (prunelab/methods/) declares what it removes and what
+it needs, and only scores; this stage owns the order of work and everything with a side
+effect: the calibration data and its cache, the cost model of the budget, the schedule's
+allocation, the surgery and the report that goes into results.json.
+
+- Calibration statistics are cached by (model, calibration config, statistic kinds), module
+  effects by (model, calibration config, estimator, pairs), so a sweep calibrates once.
+- A ``sequential`` method is calibrated, scored, allocated and masked block by block, so each
+  block sees the outputs of the pruned blocks before it.
+- ``removes = "blocks"`` methods lose whole decoder blocks, lowest score first, to the
+  schedule's ratio (nearest without exceeding) or to the count they ask for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
+from prunelab.calibration.cache import StatisticsCache
+from prunelab.calibration.runner import LayerStats, run_layerwise, run_streaming
+from prunelab.config.schema import RunConfig
+from prunelab.data.calibration import sample_calibration
+from prunelab.data.corpora import load_corpus
+from prunelab.errors import PrunelabError
+from prunelab.meter import PhaseMeter
+from prunelab.methods import PruningMethod, UnitScores
+from prunelab.models.adapters import LayerAdapter, adapter_for
+from prunelab.models.loading import LoadedModel
+from prunelab.models.plan import LayerPlan, PruningPlan
+from prunelab.models.surgery import mask_block, prune_model
+from prunelab.registry import SCHEDULES
+from prunelab.schedules import Pool, Schedule, build_pools
+from prunelab.schedules.base import fill_priorities, select
+from prunelab.schedules.costs import CostModel
+from prunelab.schedules.pools import ATTENTION, MLP
+from prunelab.schedules.targets import (
+    achieved_fractions,
+    cost_model_for,
+    reported_currencies,
+    total_cost,
+    zero_scores,
+)
+from prunelab.schedules.whole_blocks import select_blocks
+
+log = logging.getLogger(__name__)
+Removed = list[dict[str, set[int]]]
+
+
+@dataclass
+class PruningOutcome:
+    """What the stage reports besides the model it changed (timings, per-unit details)."""
+
+    ratio_asked: float = 0.0
+    plan: PruningPlan | None = None  # what was kept; None for dense
+    timings_s: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def prune(method: PruningMethod, loaded: LoadedModel, job: RunConfig) -> PruningOutcome:
+    """Prune ``loaded.model`` as ``method`` scores it under ``job``'s schedule (in place)."""
+    if not method.prunes():
+        return PruningOutcome()
+    return _Stage(method, loaded, job).run()
+
+
+class _Stage:
+    """One pruning run; the steps share the job, the meter and what calibration found."""
+
+    def __init__(self, method: PruningMethod, loaded: LoadedModel, job: RunConfig):
+        self.method = method
+        self.loaded = loaded
+        self.job = job
+        self.schedule: Schedule = SCHEDULES.get(job.schedule.name)(job.schedule.params)
+        self.meter = PhaseMeter(loaded.device)
+        self.info: dict[str, Any] = {"used": bool(method.statistics)}
+
+    def run(self) -> PruningOutcome:
+        method, loaded, meter = self.method, self.loaded, self.meter
+        layers = loaded.adapter.layers
+        params = self.job.schedule.params
+        dtype = next(loaded.model.parameters()).dtype
+        cache_dir = self.job.paths.cache_dir
+        with meter.phase("profiling"):  # unit latencies: measured on first use, then cached
+            cost_model = cost_model_for(params, layers, loaded.device, dtype, cache_dir)
+            currencies, unavailable = reported_currencies(params, layers, loaded.device,
+                                                          dtype, cache_dir, cost_model)
+        for name, reason in unavailable.items():
+            log.warning("No achieved %s fraction for this run: %s", name, reason)
+        totals_before = {name: total_cost(layers, model) for name, model in currencies.items()}
+        layers_before = [layer.geometry for layer in layers]
+        with meter.phase("calibration"):
+            if "sequential" in method.needs:
+                stats, removed, budget, cost = self._calibrate_sequentially(cost_model)
+            else:
+                stats = self._calibrate()
+        modules = None
+        if "module_effects" in method.needs:
+            with meter.phase("module_scoring"):
+                modules = method.module_scores(self._module_effects())
+        with meter.phase("scoring"):
+            if method.removes == "blocks":
+                removed, budget, cost = self._allocate_blocks(layers, stats, cost_model)
+            elif "sequential" not in method.needs:
+                removed, budget, cost = self._allocate_units(layers, stats, cost_model,
+                                                             modules)
+            plan = PruningPlan.from_removed(loaded.adapter, removed)
+        with meter.phase("surgery"):
+            means = _compensation_means(stats) if method.bias_compensation else None
+            pruned = prune_model(loaded.model, loaded.adapter, plan, means,
+                                 release_source=True)
+            loaded.model = pruned
+            loaded.adapter = adapter_for(pruned)
+        total = totals_before[cost_model.name]
+        return PruningOutcome(
+            ratio_asked=budget / total,
+            timings_s=meter.wall_time_s,
+            peak_memory_bytes=meter.peak_memory_bytes,
+            plan=plan,
+            details={
+                "schedule": {"name": self.job.schedule.name, **asdict(params)},
+                "target": {"name": cost_model.name, "unit": cost_model.unit,
+                           "budget": budget, "removed": cost, "total": total},
+                "achieved": achieved_fractions(totals_before, loaded.adapter.layers,
+                                               currencies),
+                "achieved_unavailable": unavailable,
+                "bias_compensation": method.bias_compensation,
+                "memory_kind": meter.memory_kind,
+                "calibration": self.info,
+                "kept_heads": [layer.heads for layer in plan.layers],
+                "blocks": _block_report(layers_before, plan, modules, self.schedule.report()),
+            },
+        )
+
+    # -- calibration -------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """What cached calibration results depend on: the model and the calibration set."""
+        job, loaded = self.job, self.loaded
+        return {"model": loaded.source, "model_name": job.model.name, "dtype": job.model.dtype,
+                "prunable_params": loaded.adapter.prunable_parameter_count(),
+                "calibration": asdict(job.calibration)}
+
+    def _samples(self) -> torch.Tensor:
+        calib = self.job.calibration
+        corpus = load_corpus(calib.dataset, calib.split, self.job.paths.data_dir,
+                             documents=calib.documents, path=calib.path)
+        return sample_calibration(corpus, self.loaded.tokenizer, calib.nsamples, calib.seqlen,
+                                  calib.seed, mode=calib.mode, joiner=calib.joiner)
+
+    def _calibrate(self) -> list[LayerStats]:
+        kinds = list(self.method.statistics)
+        adapter, device = self.loaded.adapter, self.loaded.device
+        if not kinds:
+            return [{} for _ in adapter.layers]
+        calib = self.job.calibration
+        cache = StatisticsCache(self.job.paths.cache_dir,
+                                {**self._identity(), "statistics": sorted(kinds)})
+        self.info.update({"cache_key": cache.key, "calibration": asdict(calib)})
+        stats = cache.load()
+        self.info["cache_hit"] = stats is not None
+        if stats is None:
+            samples = self._samples()
+            streaming = calib.engine == "streaming" or (calib.engine == "auto"
+                                                         and not calib.offload)
+            self.info["engine"] = "streaming" if streaming else "layerwise"
+            if streaming:
+                stats = run_streaming(adapter, samples, kinds, calib.batch_size, device)
+            else:
+                stats = run_layerwise(adapter, samples, kinds, calib.batch_size, device,
+                                      offload=calib.offload)
+            cache.save(stats)
+        return stats
+
+    def _calibrate_sequentially(self, cost_model: CostModel
+                                ) -> tuple[list[LayerStats], Removed, float, float]:
+        """Score, allocate and mask block by block; later blocks see the masked outputs."""
+        calib = self.job.calibration
+        name = type(self.method).__name__
+        if calib.engine == "streaming":
+            raise PrunelabError(f"{name} is sequential: it calibrates block by block on pruned "
+                                "outputs, so calibration.engine=streaming cannot apply. Use "
+                                "engine=auto or layerwise.")
+        adapter, schedule = self.loaded.adapter, self.schedule
+        layers = adapter.layers
+        targets = schedule.pool_targets(build_pools(layers, *zero_scores(layers), cost_model),
+                                        len(layers))
+        removed: Removed = []
+        totals = {"target": 0.0, "removed": 0.0}
+        target_iter = iter(targets)
+
+        def on_layer(index: int, layer: LayerAdapter, stats: LayerStats) -> None:
+            scores = checked_unit_scores(self.method, index, layer, stats, comparable=False)
+            pools = build_pools([layer], [scores.heads], [scores.channels], cost_model)
+            pool_targets = [next(target_iter) for _ in pools]
+            totals["target"] += sum(t * p.total_cost for t, p in zip(pool_targets, pools))
+            priorities = [fill_priorities(p, t * p.total_cost)
+                          for p, t in zip(pools, pool_targets)]
+            chosen, cost = select(pools, priorities, totals["target"] - totals["removed"],
+                                  [schedule.floor(p) for p in pools], repr(schedule.params))
+            totals["removed"] += cost
+            gone = {p.module: set(units) for p, units in zip(pools, chosen)}
+            removed.append(gone)
+            g = layer.geometry
+            mask_block(layer, LayerPlan.from_removed(g.num_heads, g.intermediate_size, gone))
+
+        self.info.update({"calibration": asdict(calib), "cache_hit": False, "sequential": True})
+        stats = run_layerwise(adapter, self._samples(), list(self.method.statistics),
+                              calib.batch_size, self.loaded.device, offload=calib.offload,
+                              on_layer=on_layer, sequential=True)
+        return stats, removed, totals["target"], totals["removed"]
+
+    def _module_effects(self) -> ModuleEffects:
+        """Module (and, when asked, pair) removal effects, from the cache when present.
+
+        An entry with pairs also serves a request without them, so an ablation scores once.
+        """
+        request = self.method.effects_request()
+
+        def cache_for(pairs: bool) -> StatisticsCache:
+            return StatisticsCache(self.job.paths.cache_dir, {
+                **self._identity(), "module_effects": request.estimator, "pairs": pairs})
+
+        effects = None
+        for pairs in [True] if request.pairs else [True, False]:
+            cached = cache_for(pairs).load()
+            if cached is not None:
+                fields = cached[0]["module_effects"]
+                effects = ModuleEffects(fields["single"], fields.get("pair"))
+                break
+        self.info["module_effects_cache_hit"] = effects is not None
+        if effects is None:
+            effects = measure_module_effects(
+                self.loaded.adapter, self._samples(), request.estimator, request.pairs,
+                self.job.calibration.batch_size, self.loaded.device)
+            fields = {"single": effects.single}
+            if effects.pair is not None:
+                fields["pair"] = effects.pair
+            cache_for(request.pairs).save([{"module_effects": fields}])
+        self.info["module_effects"] = {
+            "estimator": request.estimator, "single": effects.single.tolist(),
+            "pair": None if effects.pair is None else effects.pair.tolist()}
+        return effects
+
+    # -- scoring and allocation ---------------------------------------------------------
+
+    def _allocate_units(self, layers: list[LayerAdapter], stats: list[LayerStats],
+                        cost_model: CostModel, modules: list[tuple[float, float]] | None
+                        ) -> tuple[Removed, float, float]:
+        comparable = self.schedule.comparable_scores
+        scores = [checked_unit_scores(self.method, i, layer, stats[i], comparable)
+                  for i, layer in enumerate(layers)]
+        pools = build_pools(layers, [s.heads for s in scores], [s.channels for s in scores],
+                            cost_model, modules)
+        allocation = self.schedule.allocate(pools, len(layers))
+        removed = _removed_per_layer(pools, allocation.removed, len(layers))
+        return (removed, sum(allocation.budgets.values()),
+                sum(allocation.removed_costs.values()))
+
+    def _allocate_blocks(self, layers: list[LayerAdapter], stats: list[LayerStats],
+                         cost_model: CostModel) -> tuple[Removed, float, float]:
+        scores = self.method.score_blocks(layers, stats)
+        if len(scores.scores) != len(layers):
+            raise RuntimeError(f"{type(self.method).__name__} scored {len(scores.scores)} "
+                               f"blocks of {len(layers)}")
+        pools = build_pools(layers, *zero_scores(layers), cost_model)
+        costs = [sum(p.total_cost for p in pools if p.layer == i) for i in range(len(layers))]
+        chosen, budget = select_blocks(scores.scores, costs, self.job.schedule.params,
+                                       scores.count)
+        self.info["block_scores"] = [float(s) for s in scores.scores]
+        self.info["removed_blocks"] = chosen
+        removed: Removed = [{} for _ in layers]
+        for index in chosen:
+            g = layers[index].geometry
+            removed[index] = {ATTENTION: set(range(g.num_heads)),
+                              MLP: set(range(g.intermediate_size))}
+        return removed, budget, sum(costs[i] for i in chosen)
+
+
+def checked_unit_scores(method: PruningMethod, index: int, layer: LayerAdapter,
+                        stats: LayerStats, comparable: bool) -> UnitScores:
+    """``method``'s scores of block ``index``, refused when any is NaN or Inf."""
+    scores = method.score_block(index, layer, stats, comparable)
+    for name, tensor in (("head", scores.heads), ("channel", scores.channels)):
+        if not torch.isfinite(tensor).all():
+            raise PrunelabError(
+                f"{type(method).__name__}: {name} scores of block {index} hold NaN or Inf. "
+                "Check the calibration statistics (float16 overflow?) and the weights.")
+    return scores
+
+
+def _compensation_means(stats: list[LayerStats]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    try:
+        return [(s["attn_input"]["mean"], s["mlp_input"]["mean"]) for s in stats]
+    except KeyError as err:
+        raise RuntimeError("bias compensation needs the attn_input and mlp_input statistics; "
+                           "add them to the method's statistics.") from err
+
+
+def _removed_per_layer(pools: list[Pool], removed: list[list[int]],
+                       num_layers: int) -> Removed:
+    per_layer: Removed = [{} for _ in range(num_layers)]
+    for pool, units in zip(pools, removed):
+        per_layer[pool.layer][pool.module] = set(units)
+    return per_layer
+
+
+def _block_report(geometries: list, plan: PruningPlan,
+                  modules: list[tuple[float, float]] | None,
+                  decisions: dict[tuple[int, str], dict]) -> list[dict[str, Any]]:
+    """Per block: heads and channels removed, whole sub-layers removed, module scores."""
+    report = []
+    for index, (g, keep) in enumerate(zip(geometries, plan.layers)):
+        entry: dict[str, Any] = {
+            "layer": index,
+            "removed_heads": g.num_heads - len(keep.heads),
+            "removed_channels": g.intermediate_size - len(keep.channels),
+            "attention_removed": g.num_heads > 0 and not keep.heads,
+            "mlp_removed": g.intermediate_size > 0 and not keep.channels,
+        }
+        if modules is not None:
+            entry["attention_score"], entry["mlp_score"] = map(float, modules[index])
+        for module in (ATTENTION, MLP):
+            if (index, module) in decisions:
+                entry[f"{module}_decision"] = decisions[(index, module)]
+        report.append(entry)
+    return report
