@@ -13,7 +13,9 @@ import warnings
 
 from omegaconf import DictConfig
 
+from prunelab import pipeline
 from prunelab.errors import PrunelabError
+from prunelab.record import ResultsRecord
 
 log = logging.getLogger("prunelab")
 
@@ -36,10 +38,8 @@ def _in_multirun() -> bool:
         return False
 
 
-def run_job(cfg: DictConfig) -> dict | None:
+def run_job(cfg: DictConfig) -> ResultsRecord | None:
     """Run one job; turn user errors into a message (and exit code 1 outside sweeps)."""
-    from prunelab import pipeline
-
     try:
         return pipeline.run(cfg)
     except PrunelabError as err:

@@ -9,6 +9,7 @@ allocation, the surgery and the report that goes into results.json.
   effects by (model, calibration config, estimator, pairs), so a sweep calibrates once.
 - A ``sequential`` method is calibrated, scored, allocated and masked block by block, so each
   block sees the outputs of the pruned blocks before it.
+- ``gradients`` adds the loss gradient of every projection weight to the statistics.
 - ``removes = "blocks"`` methods lose whole decoder blocks, lowest score first, to the
   schedule's ratio (nearest without exceeding) or to the count they ask for.
 """
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
 from prunelab.calibration.cache import StatisticsCache
@@ -100,6 +102,10 @@ class _Stage:
                 stats, removed, budget, cost = self._calibrate_sequentially(cost_model)
             else:
                 stats = self._calibrate()
+        if "gradients" in method.needs:
+            with meter.phase("gradients"):
+                for block_stats, gradients in zip(stats, self._gradients()):
+                    block_stats["gradients"] = gradients
         modules = None
         if "module_effects" in method.needs:
             with meter.phase("module_scoring"):
@@ -215,6 +221,40 @@ class _Stage:
                               calib.batch_size, self.loaded.device, offload=calib.offload,
                               on_layer=on_layer, sequential=True)
         return stats, removed, totals["target"], totals["removed"]
+
+    def _gradients(self) -> list[dict[str, torch.Tensor]]:
+        """d(loss)/dW of every block's projections, on the unpruned model (not cached).
+
+        The loss is the mean next-token cross-entropy of each calibration batch, averaged
+        over batches. Only the projection weights take gradients (everything else is frozen
+        for the pass and restored after); the results are float32 CPU tensors, so they cost
+        the projections' size once more in host memory.
+        """
+        adapter, device = self.loaded.adapter, self.loaded.device
+        model = adapter.model
+        weights = [{name: linear.weight for name, linear in layer.projections().items()}
+                   for layer in adapter.layers]
+        parameters = list(model.parameters())
+        trainable = [p.requires_grad for p in parameters]
+        batches = self._samples().split(self.job.calibration.batch_size)
+        try:
+            for p in parameters:
+                p.requires_grad_(False)
+                p.grad = None
+            for block in weights:
+                for weight in block.values():
+                    weight.requires_grad_(True)
+            with torch.enable_grad():
+                for batch in tqdm(batches, desc="gradients", unit="batch"):
+                    ids = batch.to(device)
+                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                    (loss / len(batches)).backward()
+            return [{name: weight.grad.detach().float().cpu() for name, weight in block.items()}
+                    for block in weights]
+        finally:
+            for p, flag in zip(parameters, trainable):
+                p.requires_grad_(flag)
+                p.grad = None
 
     def _module_effects(self) -> ModuleEffects:
         """Module (and, when asked, pair) removal effects, from the cache when present.

@@ -41,6 +41,8 @@ CAPABILITIES = {
                   "(scores and allocation block by block)",
     "module_effects": "measure the model's change when each sub-layer is replaced by its mean "
                       "output (calibration/ablation.py), for module_scores",
+    "gradients": "the gradient of the mean next-token loss on the calibration samples with "
+                 "respect to each projection weight, as stats['gradients'][<projection>]",
 }
 REMOVES = ("units", "blocks", "nothing")
 
@@ -98,7 +100,7 @@ class PruningMethod:
     @classmethod
     def uses_calibration(cls) -> bool:
         """Whether the method reads calibration data (else the calibration config is inert)."""
-        return bool(cls.statistics) or "module_effects" in cls.needs
+        return bool(cls.statistics) or bool(cls.needs & {"module_effects", "gradients"})
 
     @property
     def bias_compensation(self) -> bool:
@@ -137,6 +139,9 @@ def check_declarations(cls: type) -> None:
     kinds = STATISTICS.names()
     unknown += [f"statistics: {unknown_name_message('statistic kind', kind, kinds)}"
                 for kind in cls.statistics if kind not in kinds]
+    if {"sequential", "gradients"} <= cls.needs:
+        unknown.append("needs: sequential and gradients together are not supported (the "
+                       "gradients are taken on the unpruned model in one pass)")
     if unknown:
         raise TypeError(f"method class {name}: " + " ".join(unknown))
     if "module_effects" in cls.needs and cls.module_scores is PruningMethod.module_scores:
