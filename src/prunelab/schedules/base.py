@@ -193,6 +193,3 @@ def select(pools: list[Pool], priorities: list[list[float]], budget: float,
         chosen.append(sorted(pool.order[:counts[p]]))
         cost += sum(pool.costs[:counts[p]])
     return chosen, cost
-
-
-
