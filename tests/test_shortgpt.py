@@ -17,7 +17,9 @@ from prunelab.methods.shortgpt import ShortGPT, block_influence
 from prunelab.models.adapters import adapter_for
 from prunelab.models.loading import load_model
 from prunelab.models.surgery import save_pruned
+from prunelab.tracking.tables import build_table
 from tests.helpers.plans import mask_model
+from tests.helpers.records import record
 from tests.helpers.tiny import tiny_model
 
 CPU = torch.device("cpu")
@@ -108,3 +110,11 @@ def test_zero_blocks_and_module_schedules_are_refused(make_cfg, tmp_path):
         validate(job(make_cfg, tmp_path, "method.blocks=0"))
     with pytest.raises(PrunelabError, match="removes whole blocks"):
         pipeline.run(job(make_cfg, tmp_path, "schedule.attention_ratio=0.1"))
+
+
+def test_a_sweep_over_blocks_is_one_table_row():
+    table = build_table([record("shortgpt", 1 / 30, 60.0, blocks=1),
+                         record("shortgpt", 2 / 30, 68.0, blocks=2),
+                         record("flap", 1 / 30, 56.0, metric="WIFV")])
+    assert [(row.label, row.ratio) for row in table.rows] == [
+        ("shortgpt", 0.0333), ("flap", 0.0333), ("shortgpt", 0.0667), ("flap", 0.0667)]

@@ -27,7 +27,7 @@ def timing(cls: type, seconds: float, tokens: int, **shape: int):
 
 
 def record(method: str, ratio: float, ppl: float, prefill_ms: float | None = None,
-           decode_tokens_per_s: float | None = None) -> ResultsRecord:
+           decode_tokens_per_s: float | None = None, **method_params) -> ResultsRecord:
     """A complete job of ``method`` at ``ratio`` with one WikiText2 perplexity (and speed)."""
     speed = None
     if prefill_ms is not None:
@@ -45,7 +45,8 @@ def record(method: str, ratio: float, ppl: float, prefill_ms: float | None = Non
     return ResultsRecord(
         job=JobInfo("test", method, None, "0", "out", "t0", "t1"),
         config={"model": {"name": "tiny"}, "benchmark": {"name": "test"},
-                "method": {"name": method}, "schedule": {"name": "global", "ratio": ratio}},
+                "method": {"name": method, **method_params},
+                "schedule": {"name": "global", "ratio": ratio}},
         environment={}, model=ModelInfo("tiny", "random", "llama", "cpu", "float32", 0.0),
         method=MethodInfo(method, {"name": method}), schedule=None,
         parameters=Parameters(counts, counts),

@@ -22,6 +22,7 @@ What else it needs (``needs``, names from :data:`CAPABILITIES`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -88,6 +89,9 @@ class PruningMethod:
     statistics: ClassVar[tuple[str, ...]] = ()
     #: names from :data:`CAPABILITIES`
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: ``Params`` fields that set the budget as ``schedule.ratio`` does (a sweep over them is a
+    #: sweep over the ratio: tables put their jobs in one row, not one row per value)
+    budget_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any):
         self.params = params
@@ -139,6 +143,9 @@ def check_declarations(cls: type) -> None:
     kinds = STATISTICS.names()
     unknown += [f"statistics: {unknown_name_message('statistic kind', kind, kinds)}"
                 for kind in cls.statistics if kind not in kinds]
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    unknown += [f"budget_params: {field!r} is not a field of {cls.Params.__name__}"
+                for field in cls.budget_params if field not in fields]
     if {"sequential", "gradients"} <= cls.needs:
         unknown.append("needs: sequential and gradients together are not supported (the "
                        "gradients are taken on the unpruned model in one pass)")

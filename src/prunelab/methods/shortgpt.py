@@ -68,6 +68,7 @@ class ShortGPT(PruningMethod):
     Params = ShortGPTParams
     removes = "blocks"
     statistics = ("block_cosine",)
+    budget_params = ("blocks",)
 
     def score_blocks(self, layers: list[LayerAdapter], stats: list[LayerStats]) -> BlockScores:
         return BlockScores([block_influence(s) for s in stats], self.params.blocks)

@@ -21,6 +21,7 @@ from typing import Any
 from prunelab.errors import PrunelabError
 from prunelab.eval.zeroshot_tasks import TASKS
 from prunelab.record import RESULTS_FILE, ResultsRecord, read_record
+from prunelab.registry import METHODS
 from prunelab.tracking.identity import (
     ABSENT,
     comparable_config,
@@ -228,8 +229,11 @@ def _swept_ratios(results: list[ResultsRecord]) -> set[float]:
 def _variant_labels(group: list[ResultsRecord]) -> list[str]:
     """For one method's results, the settings besides the ratio that vary between them."""
     configs = [comparable_config(r.config) for r in group]
-    for config in configs:
+    for config, result in zip(configs, group):
         config.get("schedule", {}).pop("ratio", None)
+        if result.method.name in METHODS:
+            for key in METHODS.get(result.method.name).budget_params:
+                config.get("method", {}).pop(key, None)
         config.pop("model", None)
         config.pop("benchmark", None)
     differing = differing_keys(configs)
