@@ -72,6 +72,11 @@ def test_a_scorer_that_does_not_score_what_it_removes_is_refused():
         register("bad_effects")(_scorer(needs=frozenset({"module_effects"})))
 
 
+def test_sequential_needs_unit_scores():
+    with pytest.raises(TypeError, match="sequential calibration allocates heads and channels"):
+        register("bad_sequential")(_scorer(removes="nothing", needs=frozenset({"sequential"})))
+
+
 def test_a_taken_name_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register("flap")(_scorer())

@@ -146,6 +146,9 @@ def check_declarations(cls: type) -> None:
     fields = {f.name for f in dataclasses.fields(cls.Params)}
     unknown += [f"budget_params: {field!r} is not a field of {cls.Params.__name__}"
                 for field in cls.budget_params if field not in fields]
+    if "sequential" in cls.needs and cls.removes != "units":
+        unknown.append("needs: sequential calibration allocates heads and channels block by "
+                       f"block, so it needs removes='units', not {cls.removes!r}")
     if {"sequential", "gradients"} <= cls.needs:
         unknown.append("needs: sequential and gradients together are not supported (the "
                        "gradients are taken on the unpruned model in one pass)")
