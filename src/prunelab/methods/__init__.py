@@ -136,24 +136,24 @@ def check_declarations(cls: type) -> None:
     if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
         raise TypeError(f"{cls!r} must subclass prunelab.methods.PruningMethod")
     name = cls.__name__
-    unknown = [f"removes: {unknown_name_message('removal kind', cls.removes, REMOVES)}"
+    problems = [f"removes: {unknown_name_message('removal kind', cls.removes, REMOVES)}"
                ] if cls.removes not in REMOVES else []
-    unknown += [f"needs: {unknown_name_message('capability', need, CAPABILITIES)}"
+    problems += [f"needs: {unknown_name_message('capability', need, CAPABILITIES)}"
                 for need in sorted(cls.needs) if need not in CAPABILITIES]
     kinds = STATISTICS.names()
-    unknown += [f"statistics: {unknown_name_message('statistic kind', kind, kinds)}"
+    problems += [f"statistics: {unknown_name_message('statistic kind', kind, kinds)}"
                 for kind in cls.statistics if kind not in kinds]
     fields = {f.name for f in dataclasses.fields(cls.Params)}
-    unknown += [f"budget_params: {field!r} is not a field of {cls.Params.__name__}"
+    problems += [f"budget_params: {field!r} is not a field of {cls.Params.__name__}"
                 for field in cls.budget_params if field not in fields]
     if "sequential" in cls.needs and cls.removes != "units":
-        unknown.append("needs: sequential calibration allocates heads and channels block by "
+        problems.append("needs: sequential calibration allocates heads and channels block by "
                        f"block, so it needs removes='units', not {cls.removes!r}")
     if {"sequential", "gradients"} <= cls.needs:
-        unknown.append("needs: sequential and gradients together are not supported (the "
+        problems.append("needs: sequential and gradients together are not supported (the "
                        "gradients are taken on the unpruned model in one pass)")
-    if unknown:
-        raise TypeError(f"method class {name}: " + " ".join(unknown))
+    if problems:
+        raise TypeError(f"method class {name}: " + " ".join(problems))
     if "module_effects" in cls.needs and cls.module_scores is PruningMethod.module_scores:
         raise TypeError(f"{name} needs module_effects but does not define module_scores")
     scorer = {"units": "score_block", "blocks": "score_blocks"}.get(cls.removes)
