@@ -101,11 +101,14 @@ def test_architecture_without_adapter(make_cfg, tmp_path):
         pipeline.run(cfg)
 
 
-def test_invalid_config_writes_nothing(make_cfg, tmp_path):
+def test_invalid_config_leaves_only_its_failure_note(make_cfg, tmp_path):
     cfg = make_cfg("model=tiny_llama", "+method.ratio=0.3", output_dir=tmp_path / "j")
     with pytest.raises(ConfigError, match="unknown key 'ratio'"):
         pipeline.run(cfg)
-    assert not (tmp_path / "j").exists()
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["failure.json"]
+    failure = json.loads((tmp_path / "j" / "failure.json").read_text())
+    assert "unknown key 'ratio'" in failure["error"]
+    assert failure["config"]["method"]["ratio"] == 0.3
 
 
 def test_logger_none_logs_nothing(make_cfg, tmp_path):

@@ -80,13 +80,13 @@ def test_dense_plan_without_compensation_is_identity():
 
 def test_save_reload_identical(case, tmp_path):
     _, plan, pruned, _, tokens = case
-    save_pruned(pruned, None, tmp_path, plan)
+    folder = save_pruned(pruned, None, tmp_path / "m", plan)
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert type(reloaded).__name__ == "PrunelabForCausalLM"
     assert torch.equal(logits(reloaded, tokens), logits(pruned, tokens))
-    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
 
 
 def test_fresh_process_plain_transformers(tmp_path):

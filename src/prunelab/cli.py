@@ -1,8 +1,9 @@
 """What run.py does around the pipeline: logging set-up and user-facing error handling.
 
 A user error (bad config, missing data) ends a single run with one clear message instead of a
-traceback; inside a multirun it is logged and the sweep goes on with its other jobs (the
-failed job leaves ``failure.json`` in its folder).
+traceback. Inside a multirun any failed job is logged (a bug with its traceback) and the
+sweep goes on with its other jobs; the failed job leaves ``failure.json`` in its folder and the
+sweep's summary (tracking/callbacks.py) lists it and ends with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -47,3 +48,8 @@ def run_job(cfg: DictConfig) -> ResultsRecord | None:
         if _in_multirun():
             return None
         sys.exit(1)
+    except Exception:
+        if not _in_multirun():
+            raise
+        log.exception("The job failed; the sweep goes on with its other jobs")
+        return None

@@ -23,6 +23,10 @@ class DataMissingError(PrunelabError):
     """A dataset or model file is not available offline and the hub cannot be reached."""
 
 
+class DiskFullError(PrunelabError):
+    """A write ran out of space (ENOSPC); nothing partial was kept under a final name."""
+
+
 class UnsupportedModelError(PrunelabError):
     """The model's architecture has no adapter."""
 
@@ -37,3 +41,11 @@ def unknown_name_message(kind: str, name: str, available: Iterable[str]) -> str:
     """One-line message for an unknown registry or option name."""
     names = sorted(available)
     return f"Unknown {kind} {name!r}.{did_you_mean(name, names)} Available: {', '.join(names)}."
+
+
+class CorruptFileError(PrunelabError):
+    """A file prunelab reads is truncated, unparsable or was modified after it was written."""
+
+
+class NonFiniteError(PrunelabError):
+    """Weights or calibration results hold NaN or Inf: no score computed from them means a thing."""

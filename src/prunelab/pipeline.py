@@ -10,6 +10,7 @@ no results.json.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import time
 import traceback
@@ -17,13 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from prunelab import pruning
+from prunelab.atomic import atomic_folder, write_json_atomic
 from prunelab.config.schema import RunConfig, job_container, validate
 from prunelab.config.typed import to_dataclass
 from prunelab.data.corpora import load_corpus
-from prunelab.errors import PrunelabError
+from prunelab.errors import DiskFullError, PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
 from prunelab.eval.speed import measure_speed
 from prunelab.eval.zeroshot import check_available as check_zero_shot_available
@@ -57,21 +59,40 @@ from prunelab.tracking.identity import (
     job_fingerprint,
 )
 from prunelab.tracking.plots import plot_kept_units, plot_module_allocation
-from prunelab.tracking.results import (
-    FAILURE_FILE,
-    environment,
-    summary_table,
-    write_json_atomic,
-)
+from prunelab.tracking.results import FAILURE_FILE, environment, summary_table
 from prunelab.tracking.wandb_logger import WandbLogger
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> ResultsRecord:
-    """Run the job ``cfg`` describes and return its results (also written to results.json)."""
+    """Run the job ``cfg`` describes and return its results (also written to results.json).
+
+    Any failure, an invalid config included, leaves ``failure.json`` (error, traceback, the
+    job's config) in the job folder; a job that then succeeds removes it.
+    """
+    out_dir = Path(str(cfg.paths.output_dir))
+    try:
+        record = _run(cfg, out_dir)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            _record_failure(out_dir, cfg, err)
+            raise
+        full = DiskFullError(
+            f"No space left on the device while writing {err.filename or 'a file'}: nothing "
+            "partial was left under a final name. Free space, or point paths.output_dir and "
+            "paths.cache_dir at a larger disk, and relaunch: the job is redone.")
+        _record_failure(out_dir, cfg, full)
+        raise full from err
+    except BaseException as err:
+        _record_failure(out_dir, cfg, err)
+        raise
+    (out_dir / FAILURE_FILE).unlink(missing_ok=True)
+    return record
+
+
+def _run(cfg: DictConfig, out_dir: Path) -> ResultsRecord:
     run_cfg = validate(cfg)
-    out_dir = Path(run_cfg.paths.output_dir)
     _ensure_writable(out_dir)
     resolved = job_container(cfg)
     job = {**_job_identity(run_cfg), "fingerprint": job_fingerprint(resolved)}
@@ -93,15 +114,28 @@ def run(cfg: DictConfig) -> ResultsRecord:
         results = _execute(run_cfg, resolved, job, out_dir, logger)
         failed = False
         return results
-    except BaseException as err:
+    finally:
+        logger.finish(failed=failed)
+
+
+def _record_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
+    """Write failure.json, unless the folder holds complete results of a (different) job."""
+    if (out_dir / RESULTS_FILE).is_file():
+        return
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable config is itself the failure being recorded
+        config = OmegaConf.to_container(cfg, resolve=False)
+    try:
         write_json_atomic(out_dir / FAILURE_FILE, {
             "error": f"{type(err).__name__}: {err}",
             "traceback": traceback.format_exc(),
             "at": _now(),
+            "config": config,
         })
-        raise
-    finally:
-        logger.finish(failed=failed)
+    except OSError as write_err:
+        log.error("Could not write %s (%s); the job failed with: %s",
+                  out_dir / FAILURE_FILE, write_err, err)
 
 
 def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
@@ -240,8 +274,9 @@ def _reuse_sibling(out_dir: Path, job: dict[str, Any], resolved: dict) -> Result
 def _save_model(loaded: LoadedModel, outcome, folder: Path) -> None:
     """Save the job's model as a Hugging Face folder (pruned: with its plan and code)."""
     if outcome.plan is None:
-        loaded.model.save_pretrained(folder)
-        loaded.tokenizer.save_pretrained(folder)
+        with atomic_folder(folder) as staging:
+            loaded.model.save_pretrained(staging)
+            loaded.tokenizer.save_pretrained(staging)
     else:
         save_pruned(loaded.model, loaded.tokenizer, folder, outcome.plan)
     log.info("Model saved to %s", folder)

@@ -29,7 +29,7 @@ from prunelab.calibration.runner import LayerStats, run_layerwise, run_streaming
 from prunelab.config.schema import RunConfig
 from prunelab.data.calibration import sample_calibration
 from prunelab.data.corpora import load_corpus
-from prunelab.errors import PrunelabError
+from prunelab.errors import NonFiniteError, PrunelabError
 from prunelab.meter import PhaseMeter
 from prunelab.methods import PruningMethod, UnitScores
 from prunelab.models.adapters import LayerAdapter, adapter_for
@@ -106,10 +106,13 @@ class _Stage:
             with meter.phase("gradients"):
                 for block_stats, gradients in zip(stats, self._gradients()):
                     block_stats["gradients"] = gradients
+        _check_finite(stats)
         modules = None
         if "module_effects" in method.needs:
             with meter.phase("module_scoring"):
-                modules = method.module_scores(self._module_effects())
+                effects = self._module_effects()
+                _check_finite([{"module_effects": {"single": effects.single}}])
+                modules = method.module_scores(effects)
         with meter.phase("scoring"):
             if method.removes == "blocks":
                 removed, budget, cost = self._allocate_blocks(layers, stats, cost_model)
@@ -149,7 +152,7 @@ class _Stage:
     def _identity(self) -> dict[str, Any]:
         """What cached calibration results depend on: the model and the calibration set."""
         job, loaded = self.job, self.loaded
-        return {"model": loaded.source, "model_name": job.model.name, "dtype": job.model.dtype,
+        return {"model": loaded.fingerprint,
                 "prunable_params": loaded.adapter.prunable_parameter_count(),
                 "calibration": asdict(job.calibration)}
 
@@ -169,19 +172,20 @@ class _Stage:
         cache = StatisticsCache(self.job.paths.cache_dir,
                                 {**self._identity(), "statistics": sorted(kinds)})
         self.info.update({"cache_key": cache.key, "calibration": asdict(calib)})
-        stats = cache.load()
-        self.info["cache_hit"] = stats is not None
-        if stats is None:
-            samples = self._samples()
-            streaming = calib.engine == "streaming" or (calib.engine == "auto"
-                                                         and not calib.offload)
-            self.info["engine"] = "streaming" if streaming else "layerwise"
-            if streaming:
-                stats = run_streaming(adapter, samples, kinds, calib.batch_size, device)
-            else:
-                stats = run_layerwise(adapter, samples, kinds, calib.batch_size, device,
-                                      offload=calib.offload)
-            cache.save(stats)
+        with cache.computing():
+            stats = cache.load()
+            self.info["cache_hit"] = stats is not None
+            if stats is None:
+                samples = self._samples()
+                streaming = calib.engine == "streaming" or (calib.engine == "auto"
+                                                             and not calib.offload)
+                self.info["engine"] = "streaming" if streaming else "layerwise"
+                if streaming:
+                    stats = run_streaming(adapter, samples, kinds, calib.batch_size, device)
+                else:
+                    stats = run_layerwise(adapter, samples, kinds, calib.batch_size, device,
+                                          offload=calib.offload)
+                cache.save(stats)
         return stats
 
     def _calibrate_sequentially(self, cost_model: CostModel
@@ -267,22 +271,26 @@ class _Stage:
             return StatisticsCache(self.job.paths.cache_dir, {
                 **self._identity(), "module_effects": request.estimator, "pairs": pairs})
 
-        effects = None
-        for pairs in [True] if request.pairs else [True, False]:
-            cached = cache_for(pairs).load()
-            if cached is not None:
-                fields = cached[0]["module_effects"]
-                effects = ModuleEffects(fields["single"], fields.get("pair"))
-                break
-        self.info["module_effects_cache_hit"] = effects is not None
-        if effects is None:
-            effects = measure_module_effects(
-                self.loaded.adapter, self._samples(), request.estimator, request.pairs,
-                self.job.calibration.batch_size, self.loaded.device)
-            fields = {"single": effects.single}
-            if effects.pair is not None:
-                fields["pair"] = effects.pair
-            cache_for(request.pairs).save([{"module_effects": fields}])
+        def cached() -> ModuleEffects | None:
+            for pairs in [True] if request.pairs else [True, False]:
+                entry = cache_for(pairs).load()
+                if entry is not None:
+                    fields = entry[0]["module_effects"]
+                    return ModuleEffects(fields["single"], fields.get("pair"))
+            return None
+
+        target = cache_for(request.pairs)
+        with target.computing():
+            effects = cached()
+            self.info["module_effects_cache_hit"] = effects is not None
+            if effects is None:
+                effects = measure_module_effects(
+                    self.loaded.adapter, self._samples(), request.estimator, request.pairs,
+                    self.job.calibration.batch_size, self.loaded.device)
+                fields = {"single": effects.single}
+                if effects.pair is not None:
+                    fields["pair"] = effects.pair
+                target.save([{"module_effects": fields}])
         self.info["module_effects"] = {
             "estimator": request.estimator, "single": effects.single.tolist(),
             "pair": None if effects.pair is None else effects.pair.tolist()}
@@ -333,6 +341,20 @@ def checked_unit_scores(method: PruningMethod, index: int, layer: LayerAdapter,
                 f"{type(method).__name__}: {name} scores of block {index} hold NaN or Inf. "
                 "Check the calibration statistics (float16 overflow?) and the weights.")
     return scores
+
+
+def _check_finite(stats: list[LayerStats]) -> None:
+    """Refuse NaN or Inf in what the scores are computed from, naming block and statistic."""
+    for index, layer in enumerate(stats):
+        for kind, fields in layer.items():
+            for name, tensor in fields.items():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    where = f"block {index}" if len(stats) > 1 else "the model"
+                    raise NonFiniteError(
+                        f"Calibration statistic {kind}/{name} of {where} holds "
+                        f"{int((~torch.isfinite(tensor)).sum())} NaN/Inf value(s), so no score "
+                        "computed from it means anything. This usually is an overflow: use "
+                        "model.dtype=float32 (or bfloat16), or check the calibration data.")
 
 
 def _compensation_means(stats: list[LayerStats]) -> list[tuple[torch.Tensor, torch.Tensor]]:

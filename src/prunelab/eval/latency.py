@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from prunelab.atomic import write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.eval.speed import time_calls
 from prunelab.models.adapters import LayerGeometry
@@ -133,15 +134,18 @@ def latency_profile(geometry: LayerGeometry, device: torch.device, dtype: torch.
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "latency" / f"{key}.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        return profile_from_points(saved["attention"], saved["mlp"], settings)
+        try:
+            saved = json.loads(path.read_text())
+            return profile_from_points(saved["attention"], saved["mlp"], settings)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("Latency profile %s is damaged (%s: %s): measuring it again", path,
+                        type(err).__name__, err)
     log.info("Profiling sub-layer latency on %s (cached in %s)", settings["device"], path)
     attention, mlp = measure_points(geometry, device, dtype, seqlen, batch)
     profile = profile_from_points(attention, mlp, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": settings, "attention": attention, "mlp": mlp,
-                                "fit": {"attention": asdict(profile.attention),
-                                        "mlp": asdict(profile.mlp)}}, indent=1))
+    write_text_atomic(path, json.dumps({"settings": settings, "attention": attention, "mlp": mlp,
+                                        "fit": {"attention": asdict(profile.attention),
+                                                "mlp": asdict(profile.mlp)}}, indent=1))
     return profile
 
 

@@ -15,9 +15,6 @@ import gzip
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from prunelab.atomic import atomic_file, write_text_atomic
 from prunelab.errors import DataMissingError
 from prunelab.registry import ZERO_SHOT_TASKS
 
@@ -198,26 +196,14 @@ def _write_task(task: ZeroShotTask, root: Path, folder: Path) -> None:
                         for m in ("acc", "acc_norm")],
         "metadata": {"version": 1.0, "source": f"{PACKAGE}:{task.source}"},
     }
-    _write_text_atomic(folder / f"{task.local_name}.yaml",
+    write_text_atomic(folder / f"{task.local_name}.yaml",
                        yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
 def _write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    shutil.move(tmp, path)

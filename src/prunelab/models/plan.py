@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+#: The plan saved beside a pruned model (its kept heads and channels, and job details).
+PLAN_FILE = "pruning_plan.json"
+
 
 @dataclass
 class LayerPlan:

@@ -14,19 +14,23 @@ the pruned sub-layer equals the original's.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers.initialization import no_init_weights
 
+from prunelab.atomic import atomic_folder
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import LayerAdapter, ModelAdapter
-from prunelab.models.plan import LayerPlan, PruningPlan, channel_index
-from prunelab.models.pruned import AUTO_MAP, REMOTE_CODE_FILES, PrunelabConfig, PrunelabForCausalLM
+from prunelab.models.plan import PLAN_FILE, LayerPlan, PruningPlan, channel_index
+from prunelab.models.pruned import (
+    AUTO_MAP,
+    PrunelabConfig,
+    PrunelabForCausalLM,
+    write_remote_code,
+)
 
-PLAN_FILE = "pruning_plan.json"
 #: Per layer, the calibration means of the o_proj input (``A``) and down_proj input (``a``);
 #: None disables compensation for that sub-layer.
 Means = list[tuple[torch.Tensor | None, torch.Tensor | None]]
@@ -196,15 +200,16 @@ def save_pruned(model: PrunelabForCausalLM, tokenizer, folder: Path, plan: Pruni
     """Save a pruned model as a Hugging Face folder (safetensors + remote code + plan).
 
     It reloads with ``AutoModelForCausalLM.from_pretrained(folder)`` after ``import prunelab``
-    and, in a process without prunelab, with ``trust_remote_code=True``.
+    and, in a process without prunelab, with ``trust_remote_code=True``. The folder is
+    written under a temporary name and renamed: it is complete or absent, never partial.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     model.config.auto_map = dict(AUTO_MAP)
-    model.save_pretrained(folder, safe_serialization=True)
-    for source in REMOTE_CODE_FILES:
-        shutil.copy(source, folder / source.name)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    (folder / PLAN_FILE).write_text(json.dumps({**plan.to_dict(), **(record or {})}, indent=1))
+    with atomic_folder(folder) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        write_remote_code(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        (staging / PLAN_FILE).write_text(json.dumps({**plan.to_dict(), **(record or {})},
+                                                    indent=1))
     return folder

@@ -5,7 +5,8 @@ the sweep folder, writes the paper-layout table (table.md, table.csv, table.tex)
 metric-versus-ratio plot and, when speed was measured, the quality-versus-latency Pareto plot
 beside them, and logs the table and plots to a W&B "summary" run in the sweep's group. A
 sweep whose table cannot be built (no finished job, mixed protocols) logs why and keeps its
-per-job results; the callback never fails a sweep after its jobs have run.
+per-job results. A sweep in which any job failed (or was killed) ends by listing those jobs
+with their errors and exits with code 1, so a script or a SLURM array learns of it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,20 @@ from prunelab.config.schema import LoggerConfig
 from prunelab.config.typed import to_dataclass
 from prunelab.errors import PrunelabError
 from prunelab.tracking.plots import plot_metric_vs_ratio, plot_pareto
-from prunelab.tracking.tables import ResultTable, build_table, collect_results, write_table
+from prunelab.tracking.results import FAILURE_FILE
+from prunelab.tracking.tables import (
+    FailedJob,
+    ResultTable,
+    build_table,
+    collect_failures,
+    collect_results,
+    write_table,
+)
 from prunelab.tracking.wandb_logger import WandbLogger
 
 log = logging.getLogger(__name__)
+#: Exit code of a sweep in which some job failed (its other jobs ran to the end).
+FAILED_SWEEP_EXIT_CODE = 1
 
 
 class SweepSummary(Callback):
@@ -32,12 +43,24 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        failures = collect_failures(sweep_dir)
         try:
-            results = collect_results([sweep_dir])
-            table = build_table(results)
+            self._summarise(config, sweep_dir, failures)
         except PrunelabError as err:
             log.error("No sweep table for %s: %s", sweep_dir, err)
-            return
+        except Exception:  # a bug here must not hide which jobs failed
+            log.exception("The sweep table for %s could not be written", sweep_dir)
+        if failures:
+            listing = "\n".join(f"  - {f.path.relative_to(sweep_dir)}: "
+                                 + f.error.replace("\n", "\n      ") for f in failures)
+            log.error("%d job(s) of the sweep failed (details in each folder's %s):\n%s",
+                      len(failures), FAILURE_FILE, listing)
+            raise SystemExit(FAILED_SWEEP_EXIT_CODE)
+
+    def _summarise(self, config: DictConfig, sweep_dir: Path, failures: list[FailedJob]
+                   ) -> None:
+        results = collect_results([sweep_dir])
+        table = build_table(results, failures)
         paths = write_table(table, sweep_dir)
         plot = plot_metric_vs_ratio(table, sweep_dir / "metrics_vs_ratio.png")
         pareto = plot_pareto(table, sweep_dir / "pareto.png")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib
 
+from prunelab.atomic import atomic_file
 from prunelab.record import LayerSizes
 
 matplotlib.use("Agg")
@@ -18,7 +19,8 @@ AXIS_LABELS = {"ppl": "perplexity", "accuracy": "accuracy (%)",
 def _save(fig, path: Path) -> Path:
     """Write ``fig`` as a PNG and free it (figures are only ever written, never shown)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

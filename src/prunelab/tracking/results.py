@@ -1,15 +1,12 @@
-"""Writing results.json atomically, what each job records of its environment, its summary.
+"""What each job records of its environment, and its printed summary.
 
 The record itself (its fields, versions and reader) is prunelab/record.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,20 +18,6 @@ from prunelab.record import ResultsRecord
 FAILURE_FILE = "failure.json"
 _PACKAGES = ("prunelab", "torch", "transformers", "hydra-core", "omegaconf", "datasets",
              "wandb", "lm-eval", "accelerate", "safetensors", "gguf")
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` via a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def environment() -> dict[str, Any]:

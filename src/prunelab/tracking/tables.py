@@ -5,7 +5,8 @@ methods); a method swept over other settings too (FLAP's metric, structure, bias
 compensation) gets one row per setting, labelled by the settings that vary. Columns are the
 perplexity datasets, then the zero-shot tasks and their average (in %). A method/ratio cell
 that no finished job covers shows as missing, never as zero (the ratios of a table are those
-any of its jobs asked for, dense jobs included). Results measured under different protocols
+any of its jobs asked for, dense jobs included); a row whose job failed shows ``failed`` in
+every cell (and its error in the CSV). Results measured under different protocols
 (model, benchmark) are refused, naming the differing fields: their numbers cannot share a
 table.
 """
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunelab.atomic import write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.eval.zeroshot_tasks import TASKS
 from prunelab.record import RESULTS_FILE, ResultsRecord, read_record
@@ -30,8 +33,10 @@ from prunelab.tracking.identity import (
     flatten,
     job_fingerprint,
 )
+from prunelab.tracking.results import FAILURE_FILE
 
 MISSING = "–"
+FAILED = "failed"
 DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
 
 
@@ -90,6 +95,7 @@ class Row:
     params: int | None = None
     values: dict[str, float] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    failed: str | None = None  # the error of the job that should have filled this row
 
     @property
     def label(self) -> str:
@@ -110,8 +116,9 @@ class ResultTable:
         header = ["Method", "Ratio", "Params", *[c.label for c in self.columns]]
         body = []
         for row in self.rows:
-            body.append([row.label, f"{row.ratio:.0%}", _params(row.params),
-                         *[_number(row.values.get(c.key)) for c in self.columns]])
+            values = [FAILED if row.failed else _number(row.values.get(c.key))
+                      for c in self.columns]
+            body.append([row.label, f"{row.ratio:.0%}", _params(row.params), *values])
         return [header, *body]
 
     def to_markdown(self) -> str:
@@ -125,12 +132,12 @@ class ResultTable:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["method", "variant", "ratio", "params",
-                         *[c.key for c in self.columns]])
+                         *[c.key for c in self.columns], "failed"])
         for row in self.rows:
             writer.writerow([row.method, row.variant, row.ratio,
                              "" if row.params is None else row.params,
                              *["" if row.values.get(c.key) is None else row.values[c.key]
-                               for c in self.columns]])
+                               for c in self.columns], row.failed or ""])
         return out.getvalue()
 
     def to_latex(self) -> str:
@@ -161,18 +168,69 @@ def collect_results(folders: list[Path]) -> list[ResultsRecord]:
     return sorted(found, key=lambda r: (r.job.num is None, r.job.num or 0, str(r.path)))
 
 
-def build_table(results: list[ResultsRecord]) -> ResultTable:
-    """Arrange results as method x ratio rows; refuse results of different protocols."""
+@dataclass(frozen=True)
+class FailedJob:
+    """A job folder of a sweep without complete results, and why."""
+
+    path: Path
+    error: str
+    config: dict[str, Any] | None  # from failure.json; None when the job left none
+
+    @property
+    def method(self) -> str | None:
+        method = (self.config or {}).get("method")
+        return method.get("name") if isinstance(method, dict) else None
+
+    @property
+    def ratio(self) -> float:
+        """The ratio the job asked for (0 for a method that removes nothing)."""
+        if self.method in METHODS and not METHODS.get(self.method).prunes():
+            return 0.0
+        schedule = (self.config or {}).get("schedule") or {}
+        try:
+            return round(float(schedule.get("ratio", 0.0)), 4)
+        except (TypeError, ValueError):
+            return 0.0
+
+
+def collect_failures(folder: Path) -> list[FailedJob]:
+    """Hydra job folders below ``folder`` (they hold ``.hydra/``) without complete results."""
+    failed = []
+    for job in sorted(p.parent for p in Path(folder).rglob(".hydra")):
+        if job == Path(folder) or read_record(job) is not None:
+            continue
+        note = job / FAILURE_FILE
+        try:
+            failure = json.loads(note.read_text())
+            failed.append(FailedJob(job, failure.get("error", "unknown error"),
+                                    failure.get("config")))
+        except (OSError, ValueError):
+            failed.append(FailedJob(job, f"no {RESULTS_FILE} and no readable {FAILURE_FILE}: "
+                                    "the job was killed, or is still running", None))
+    return failed
+
+
+def build_table(results: list[ResultsRecord], failures: list[FailedJob] = ()) -> ResultTable:
+    """Arrange results as method x ratio rows; refuse results of different protocols.
+
+    ``failures`` whose method is known become rows marked failed (a finished job of the
+    same row wins, e.g. after a relaunch).
+    """
     _check_protocol(results)
     columns = columns_of(results[0])
-    by_method: dict[str, list[ResultsRecord]] = {}
-    for result in results:
-        by_method.setdefault(result.method.name, []).append(result)
+    by_method: dict[str, list[ResultsRecord | FailedJob]] = {}
+    for entry in [*results, *[f for f in failures if f.method]]:
+        by_method.setdefault(entry.method if isinstance(entry, FailedJob)
+                             else entry.method.name, []).append(entry)
     rows: dict[tuple, Row] = {}
     seen_fingerprints: set[str] = set()
     for method, group in by_method.items():
-        labels = _variant_labels(group)
+        labels = _variant_labels(method, [entry.config for entry in group])
+        failed_rows = []
         for result, variant in zip(group, labels):
+            if isinstance(result, FailedJob):
+                failed_rows.append(((method, variant, result.ratio), result))
+                continue
             fingerprint = job_fingerprint(result.config)
             if fingerprint in seen_fingerprints:  # the same job reached by another sweep point
                 continue
@@ -185,6 +243,11 @@ def build_table(results: list[ResultsRecord]) -> ResultTable:
                     "separate tables.")
             rows[key] = Row(method, result.ratio, variant, result.parameters.after.total,
                             values_of(result), [str(result.path)])
+        for (method_name, variant, ratio), failure in failed_rows:
+            if (method_name, variant, ratio) not in rows:
+                rows[method_name, variant, ratio] = Row(method_name, ratio, variant,
+                                                        sources=[str(failure.path)],
+                                                        failed=failure.error)
     return ResultTable(results[0].model.name, columns,
                        _arrange(rows, list(by_method), _swept_ratios(results)),
                        _protocol(results[0]))
@@ -192,12 +255,11 @@ def build_table(results: list[ResultsRecord]) -> ResultTable:
 
 def write_table(table: ResultTable, folder: Path, stem: str = "table") -> dict[str, Path]:
     """Write ``<stem>.md``, ``.csv`` and ``.tex`` into ``folder``; return their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": folder / f"{stem}.md", "csv": folder / f"{stem}.csv",
              "latex": folder / f"{stem}.tex"}
-    paths["markdown"].write_text(table.to_markdown() + "\n")
-    paths["csv"].write_text(table.to_csv())
-    paths["latex"].write_text(table.to_latex() + "\n")
+    write_text_atomic(paths["markdown"], table.to_markdown() + "\n")
+    write_text_atomic(paths["csv"], table.to_csv())
+    write_text_atomic(paths["latex"], table.to_latex() + "\n")
     return paths
 
 
@@ -226,20 +288,20 @@ def _swept_ratios(results: list[ResultsRecord]) -> set[float]:
     return ratios - {0.0}
 
 
-def _variant_labels(group: list[ResultsRecord]) -> list[str]:
-    """For one method's results, the settings besides the ratio that vary between them."""
-    configs = [comparable_config(r.config) for r in group]
-    for config, result in zip(configs, group):
+def _variant_labels(method: str, job_configs: list[dict[str, Any]]) -> list[str]:
+    """For one method's jobs, the settings besides the ratio that vary between them."""
+    configs = [comparable_config(c) for c in job_configs]
+    budget_params = METHODS.get(method).budget_params if method in METHODS else ()
+    for config in configs:
         config.get("schedule", {}).pop("ratio", None)
-        if result.method.name in METHODS:
-            for key in METHODS.get(result.method.name).budget_params:
-                config.get("method", {}).pop(key, None)
+        for key in budget_params:
+            config.get("method", {}).pop(key, None)
         config.pop("model", None)
         config.pop("benchmark", None)
     differing = differing_keys(configs)
     return [", ".join(f"{_short_key(key)}={values[i]}" for key, values in differing.items()
                       if values[i] != ABSENT)
-            for i in range(len(group))]
+            for i in range(len(job_configs))]
 
 
 def _short_key(key: str) -> str:

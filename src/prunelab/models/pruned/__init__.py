@@ -1,9 +1,20 @@
-"""The pruned-model architecture, registered with transformers' Auto classes on import."""
+"""The pruned-model architecture, registered with transformers' Auto classes on import.
 
+A saved pruned model carries copies of the two code files so that plain transformers can load
+it with ``trust_remote_code=True``, which executes them. Each copy starts with a header naming
+the prunelab version that wrote it and the SHA-256 of the code below the header;
+:func:`check_remote_code` refuses a folder whose code no longer matches its header, or differs
+from the installed prunelab's code of the same version.
+"""
+
+import hashlib
+import re
+from importlib import metadata
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from prunelab.errors import CorruptFileError
 from prunelab.models.pruned.configuration_prunelab import PrunelabConfig
 from prunelab.models.pruned.modeling_prunelab import PrunelabForCausalLM
 
@@ -13,7 +24,60 @@ REMOTE_CODE_FILES = [Path(__file__).parent / "configuration_prunelab.py",
 AUTO_MAP = {"AutoConfig": "configuration_prunelab.PrunelabConfig",
             "AutoModelForCausalLM": "modeling_prunelab.PrunelabForCausalLM"}
 
+_HEADER = "# Written by prunelab {version}; SHA-256 of the code below this line: {digest}\n"
+_HEADER_PATTERN = re.compile(r"# Written by prunelab (\S+); SHA-256 of the code below this "
+                             r"line: ([0-9a-f]{64})\n")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("prunelab")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _digest(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def write_remote_code(folder: Path) -> None:
+    """Copy the code files into ``folder``, each under its version-and-hash header."""
+    for source in REMOTE_CODE_FILES:
+        code = source.read_text()
+        header = _HEADER.format(version=_version(), digest=_digest(code))
+        (folder / source.name).write_text(header + code)
+
+
+def check_remote_code(folder: Path) -> None:
+    """Refuse code files that were edited after prunelab wrote them.
+
+    Raises ``CorruptFileError`` naming the file. Code written by another prunelab version
+    is accepted when it matches its own header (prunelab itself loads the model with its
+    installed classes, not with the folder's code).
+    """
+    installed = _version()
+    for source in REMOTE_CODE_FILES:
+        path = folder / source.name
+        if not path.is_file():
+            raise CorruptFileError(f"{path} is missing: config.json's auto_map names it. Copy "
+                                   "the folder again, or re-save the model with prunelab.")
+        header, _, code = path.read_text().partition("\n")
+        match = _HEADER_PATTERN.fullmatch(header + "\n")
+        problem = None
+        if match is None:
+            problem = "it has no prunelab header (version and SHA-256)"
+        elif _digest(code) != match.group(2):
+            problem = "its code does not match the SHA-256 in its header: it was edited"
+        elif match.group(1) == installed and code != source.read_text():
+            problem = f"it differs from prunelab {installed}'s own {source.name}"
+        if problem:
+            raise CorruptFileError(
+                f"{path}: {problem}. trust_remote_code=True would execute this file; do not "
+                "load the folder with it. Re-save the model with prunelab to restore the code.")
+
+
 AutoConfig.register(PrunelabConfig.model_type, PrunelabConfig, exist_ok=True)
 AutoModelForCausalLM.register(PrunelabConfig, PrunelabForCausalLM, exist_ok=True)
 
-__all__ = ["AUTO_MAP", "REMOTE_CODE_FILES", "PrunelabConfig", "PrunelabForCausalLM"]
+__all__ = ["AUTO_MAP", "REMOTE_CODE_FILES", "PrunelabConfig", "PrunelabForCausalLM",
+           "check_remote_code", "write_remote_code"]

@@ -1,0 +1,1 @@
+"""prunelab's Hydra sweeper (Hydra finds plugins only inside the ``hydra_plugins`` package)."""
