@@ -186,7 +186,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         layers_before=layers_before,
         metrics=metrics,
         evaluation=Evaluation(sum(parts.values()), parts),
-        wandb=WandbInfo(run_cfg.logger.mode if logger.run else None, logger.run_dir),
+        wandb=WandbInfo(logger.mode if logger.run else None, logger.run_dir),
     )
     write_json_atomic(out_dir / RESULTS_FILE, record.to_dict())
     logger.log_results(record)

@@ -192,6 +192,8 @@ class LoggerConfig:
     entity: str | None = None
     mode: Literal["offline", "online", "disabled"] = "offline"
     tags: list[str] = field(default_factory=list)
+    #: Seconds an online run waits for the server before logging offline instead.
+    init_timeout: float = 30.0
 
 
 @dataclass

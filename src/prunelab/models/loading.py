@@ -31,6 +31,8 @@ from prunelab.models.tiny import byte_tokenizer, random_model
 
 log = logging.getLogger(__name__)
 
+#: Written into a converted GGUF folder: its source and the digests of the weights it holds.
+CONVERSION_FILE = "prunelab_conversion.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -138,9 +140,9 @@ def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Pat
     damaged is converted again.
     """
     target = cache_dir / "models" / f"{gguf_path.stem}-{digest[:12]}"
-    if (target / "config.json").is_file():
+    if target.is_dir():
         try:
-            check_model_folder(target)
+            _check_conversion(target, cache_dir)
             return target
         except CorruptFileError as err:
             log.warning("Converting again: the cached conversion is damaged: %s", err)
@@ -165,4 +167,21 @@ def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Pat
     with atomic_folder(target, replace=False) as staging:  # a concurrent job's copy wins
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        weights = {p.name: file_digest(p, cache_dir) for p in sorted(staging.glob("*.safetensors"))}
+        (staging / CONVERSION_FILE).write_text(json.dumps(
+            {"gguf": str(gguf_path), "gguf_sha256": digest, "weights_sha256": weights}, indent=1))
     return target
+
+
+def _check_conversion(folder: Path, cache_dir: Path) -> None:
+    """A cached conversion must parse and its weights must still have their recorded digests."""
+    check_model_folder(folder)
+    record = folder / CONVERSION_FILE
+    try:
+        weights = json.loads(record.read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError) as err:
+        raise CorruptFileError(f"{record} is missing or unreadable ({err})") from err
+    for name, expected in weights.items():
+        if not (folder / name).is_file() or file_digest(folder / name, cache_dir) != expected:
+            raise CorruptFileError(f"{folder / name} does not match the SHA-256 recorded when "
+                                   "it was converted")
