@@ -1,6 +1,9 @@
 """The fault matrix: damaged files, NaN, full disks, SIGKILL, a hanging W&B server, concurrent
-jobs and damaged cache entries. Each case asserts what the user is left with (the message,
-the files, a relaunch), not only that something raised."""
+jobs and damaged cache entries.
+
+Each case asserts what the user is left with (the message, the files, a relaunch), not only
+that something raised.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prunelab import pipeline
@@ -173,8 +177,7 @@ def _enospc(*_args, **_kwargs):
 
 
 def _fsync_fails_for(pattern: str):
-    """(module, name, replacement): files matching ``pattern`` are written, then the flush
-    finds the disk full."""
+    """(module, name, replacement): matching files are written, then the flush finds no space."""
     from prunelab import atomic
 
     real = atomic._fsync
@@ -236,9 +239,10 @@ def test_disk_full_writing_the_statistics_cache(make_cfg, tmp_path):
     out, cache_dir = tmp_path / "job", tmp_path / "cache"
     overrides = (*SMOKE, f"paths.cache_dir={cache_dir}")
 
-    def half_written(tensors, path, metadata=None):
+    def half_written(tensors, path, metadata=None):  # what safetensors raises on a full disk
         Path(path).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
-        _enospc()
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
 
     _run_out_of_space(make_cfg, overrides, out, cache, "save_file", half_written)
     assert [p for p in _entries(cache_dir / "statistics") if not p.endswith(".lock")] == []
@@ -255,6 +259,41 @@ def test_disk_full_writing_zero_shot_task_files(make_cfg, tmp_path):
     assert task_files == [], f"partial task files left: {task_files}"
     record = pipeline.run(make_cfg(*overrides, output_dir=out))
     assert record.metrics.zero_shot is not None and not (out / "failure.json").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 64 KiB tmpfs, filled to its last 8 KiB (skipped where mounting is refused)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (or a user namespace)")
+    try:
+        (mount / "filler").write_bytes(b"\0" * (56 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk_leaves_no_partial_file(full_disk):
+    from prunelab.atomic import write_json_atomic
+
+    with pytest.raises(OSError) as err:
+        write_json_atomic(full_disk / "results.json", {"rows": ["x" * 100] * 200})
+    assert err.value.errno == errno.ENOSPC
+    with pytest.raises(Exception, match="No space left on device"):
+        _pruned_folder(full_disk / "model")
+    assert _entries(full_disk) == ["filler"]
+    write_json_atomic(full_disk / "small.json", {"fits": True})  # the space came back
+    assert json.loads((full_disk / "small.json").read_text()) == {"fits": True}
+    assert (full_disk / "small.json").stat().st_mode & 0o044 == 0o044 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- SIGKILL during save_model -------------------------------------------------------------

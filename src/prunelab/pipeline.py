@@ -74,21 +74,31 @@ def run(cfg: DictConfig) -> ResultsRecord:
     out_dir = Path(str(cfg.paths.output_dir))
     try:
         record = _run(cfg, out_dir)
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except BaseException as err:
+        if not _disk_full(err):
             _record_failure(out_dir, cfg, err)
             raise
         full = DiskFullError(
-            f"No space left on the device while writing {err.filename or 'a file'}: nothing "
-            "partial was left under a final name. Free space, or point paths.output_dir and "
-            "paths.cache_dir at a larger disk, and relaunch: the job is redone.")
+            f"No space left on the device ({err}): nothing partial was left under a final "
+            "name. Free space, or point paths.output_dir and paths.cache_dir at a larger disk, "
+            "and relaunch: the job is redone.")
         _record_failure(out_dir, cfg, full)
         raise full from err
-    except BaseException as err:
-        _record_failure(out_dir, cfg, err)
-        raise
     (out_dir / FAILURE_FILE).unlink(missing_ok=True)
     return record
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC, also where a library reports it in its own error type (safetensors does)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(err):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _run(cfg: DictConfig, out_dir: Path) -> ResultsRecord:

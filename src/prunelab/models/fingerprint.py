@@ -21,22 +21,25 @@ MEMO_FILE = "fingerprints.json"
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf")
 
 
-def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
-    """SHA-256 of the file's bytes (remembered across jobs while the file is unchanged)."""
+def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> str:
+    """SHA-256 of the file's bytes, remembered in ``cache_dir`` while the file is unchanged.
+
+    ``cache_dir=None`` remembers nothing (for a file about to be renamed).
+    """
     path = Path(path).resolve()
     stat = path.stat()
-    memo_path = Path(cache_dir) / MEMO_FILE
+    memo_path = Path(cache_dir) / MEMO_FILE if cache_dir is not None else None
     memo_key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-    memo = _read_memo(memo_path)
+    memo = _read_memo(memo_path) if memo_path else {}
     if memo_key in memo:
         return memo[memo_key]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
-    memo[memo_key] = digest.hexdigest()
-    write_json_atomic(memo_path, _read_memo(memo_path) | {memo_key: memo[memo_key]})
-    return memo[memo_key]
+    if memo_path is not None:
+        write_json_atomic(memo_path, _read_memo(memo_path) | {memo_key: digest.hexdigest()})
+    return digest.hexdigest()
 
 
 def folder_digest(folder: str | os.PathLike, cache_dir: str | os.PathLike) -> str:

@@ -167,7 +167,7 @@ def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Pat
     with atomic_folder(target, replace=False) as staging:  # a concurrent job's copy wins
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        weights = {p.name: file_digest(p, cache_dir) for p in sorted(staging.glob("*.safetensors"))}
+        weights = {p.name: file_digest(p, None) for p in sorted(staging.glob("*.safetensors"))}
         (staging / CONVERSION_FILE).write_text(json.dumps(
             {"gguf": str(gguf_path), "gguf_sha256": digest, "weights_sha256": weights}, indent=1))
     return target

@@ -3,11 +3,13 @@
 A saved pruned model carries copies of the two code files so that plain transformers can load
 it with ``trust_remote_code=True``, which executes them. Each copy starts with a header naming
 the prunelab version that wrote it and the SHA-256 of the code below the header;
-:func:`check_remote_code` refuses a folder whose code no longer matches its header, or differs
-from the installed prunelab's code of the same version.
+:func:`check_remote_code` refuses a folder whose code no longer matches its header (it was
+edited), and warns when it differs from the installed code of the same version (a development
+build wrote it).
 """
 
 import hashlib
+import logging
 import re
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +19,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from prunelab.errors import CorruptFileError
 from prunelab.models.pruned.configuration_prunelab import PrunelabConfig
 from prunelab.models.pruned.modeling_prunelab import PrunelabForCausalLM
+
+log = logging.getLogger(__name__)
 
 #: Files copied next to saved pruned models so plain transformers can load them.
 REMOTE_CODE_FILES = [Path(__file__).parent / "configuration_prunelab.py",
@@ -51,9 +55,9 @@ def write_remote_code(folder: Path) -> None:
 def check_remote_code(folder: Path) -> None:
     """Refuse code files that were edited after prunelab wrote them.
 
-    Raises ``CorruptFileError`` naming the file. Code written by another prunelab version
-    is accepted when it matches its own header (prunelab itself loads the model with its
-    installed classes, not with the folder's code).
+    Raises ``CorruptFileError`` naming the file. Code that matches its header but not the
+    installed prunelab's code is accepted with a warning: prunelab itself loads the model
+    with its installed classes, never with the folder's code.
     """
     installed = _version()
     for source in REMOTE_CODE_FILES:
@@ -68,12 +72,14 @@ def check_remote_code(folder: Path) -> None:
             problem = "it has no prunelab header (version and SHA-256)"
         elif _digest(code) != match.group(2):
             problem = "its code does not match the SHA-256 in its header: it was edited"
-        elif match.group(1) == installed and code != source.read_text():
-            problem = f"it differs from prunelab {installed}'s own {source.name}"
         if problem:
             raise CorruptFileError(
                 f"{path}: {problem}. trust_remote_code=True would execute this file; do not "
                 "load the folder with it. Re-save the model with prunelab to restore the code.")
+        if code != source.read_text():
+            log.warning("%s was written by prunelab %s and differs from the installed %s's "
+                        "code; prunelab loads the model with its installed classes", path,
+                        match.group(1), installed)
 
 
 AutoConfig.register(PrunelabConfig.model_type, PrunelabConfig, exist_ok=True)
