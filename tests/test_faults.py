@@ -25,10 +25,15 @@ import pytest
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from prunelab import pipeline
-from prunelab.config.schema import validate
+from prunelab import atomic, pipeline, pruning
+from prunelab.atomic import write_json_atomic
+from prunelab.calibration import cache
+from prunelab.config.schema import ModelConfig, validate
 from prunelab.errors import CorruptFileError, DiskFullError, NonFiniteError
-from prunelab.models.loading import load_model
+from prunelab.models import surgery
+from prunelab.models.adapters import adapter_for
+from prunelab.models.fingerprint import file_digest
+from prunelab.models.loading import CONVERSION_FILE, _check_conversion, load_model
 from prunelab.models.surgery import prune_model, save_pruned
 from prunelab.models.tiny import byte_tokenizer, random_model
 from tests.helpers.plans import keep_all
@@ -55,8 +60,6 @@ def _load_local(make_cfg, folder: Path, cache: Path):
 
 def _pruned_folder(folder: Path) -> Path:
     model = random_model(TINY, seed=1)
-    from prunelab.models.adapters import adapter_for
-
     adapter = adapter_for(model)
     plan = keep_all(adapter)
     plan.layers[0].heads = plan.layers[0].heads[:2]
@@ -151,8 +154,6 @@ def test_nan_weight_names_its_block(make_cfg, tmp_path):
 
 
 def test_nan_statistic_stops_before_surgery(make_cfg, tmp_path, monkeypatch):
-    from prunelab import pruning
-
     real = pruning.run_streaming
 
     def with_inf(*args, **kwargs):
@@ -178,8 +179,6 @@ def _enospc(*_args, **_kwargs):
 
 def _fsync_fails_for(pattern: str):
     """(module, name, replacement): matching files are written, then the flush finds no space."""
-    from prunelab import atomic
-
     real = atomic._fsync
 
     def fsync(path: Path) -> None:
@@ -217,8 +216,6 @@ def test_disk_full_writing_results(make_cfg, tmp_path):
 
 
 def test_disk_full_saving_the_model(make_cfg, tmp_path):
-    from prunelab.models import surgery
-
     out = tmp_path / "job"
     overrides = (*SMOKE, "save_model=true", f"paths.cache_dir={tmp_path / 'cache'}")
 
@@ -234,8 +231,6 @@ def test_disk_full_saving_the_model(make_cfg, tmp_path):
 
 
 def test_disk_full_writing_the_statistics_cache(make_cfg, tmp_path):
-    from prunelab.calibration import cache
-
     out, cache_dir = tmp_path / "job", tmp_path / "cache"
     overrides = (*SMOKE, f"paths.cache_dir={cache_dir}")
 
@@ -277,8 +272,6 @@ def full_disk(tmp_path):
 
 
 def test_a_really_full_disk_leaves_no_partial_file(full_disk):
-    from prunelab.atomic import write_json_atomic
-
     with pytest.raises(OSError) as err:
         write_json_atomic(full_disk / "results.json", {"rows": ["x" * 100] * 200})
     assert err.value.errno == errno.ENOSPC
@@ -358,7 +351,8 @@ def test_hanging_wandb_server_costs_a_bounded_wait_and_keeps_the_run(tmp_path):
     assert record["wandb"]["mode"] == "offline"
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    assert "W&B server did not answer" in log and f"wandb sync {runs[0]}" in log
+    assert "W&B online run could not start (CommError: Timed out" in log
+    assert f"wandb sync {runs[0]}" in log
 
 
 # -- sweeps that say what failed ----------------------------------------------------------
@@ -429,9 +423,9 @@ print("CACHE_HIT", record.pruning.details["calibration"]["cache_hit"])
 
 
 def test_two_jobs_computing_one_entry_compute_it_once(tmp_path):
-    cache = tmp_path / "cache"
+    cache_dir = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, "-c", _SLOW_CALIBRATION, str(tmp_path / f"j{i}"),
-                               str(cache)], cwd=ROOT, stdout=subprocess.PIPE,
+                               str(cache_dir)], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
@@ -439,7 +433,7 @@ def test_two_jobs_computing_one_entry_compute_it_once(tmp_path):
                   if line.startswith("CACHE_HIT"))
     assert hits == ["False", "True"]
     assert any("Another job is computing cache entry" in log for log in logs)
-    entries = list((cache / "statistics").glob("*.safetensors"))
+    entries = list((cache_dir / "statistics").glob("*.safetensors"))
     assert len(entries) == 1
     results = [json.loads((tmp_path / f"j{i}" / "results.json").read_text()) for i in range(2)]
     assert [{k: v["ppl"] for k, v in r["metrics"]["perplexity"].items()}
@@ -448,21 +442,21 @@ def test_two_jobs_computing_one_entry_compute_it_once(tmp_path):
 
 
 def test_damaged_cache_entry_is_recomputed_never_used(make_cfg, tmp_path, caplog):
-    cache = tmp_path / "cache"
-    first = pipeline.run(make_cfg(*SMOKE, f"paths.cache_dir={cache}",
+    cache_dir = tmp_path / "cache"
+    first = pipeline.run(make_cfg(*SMOKE, f"paths.cache_dir={cache_dir}",
                                   output_dir=tmp_path / "a"))
-    (entry,) = (cache / "statistics").glob("*.safetensors")
+    (entry,) = (cache_dir / "statistics").glob("*.safetensors")
     data = bytearray(entry.read_bytes())
     data[-5] ^= 0xFF  # one flipped byte in the last tensor: still a valid safetensors file
     entry.write_bytes(bytes(data))
-    second = pipeline.run(make_cfg(*SMOKE, f"paths.cache_dir={cache}",
+    second = pipeline.run(make_cfg(*SMOKE, f"paths.cache_dir={cache_dir}",
                                    output_dir=tmp_path / "b"))
     assert "is damaged (checksum mismatch)" in caplog.text
     assert second.pruning.details["calibration"]["cache_hit"] is False
     assert _ppl(second) == _ppl(first)
     assert entry.name == f"{first.pruning.details['calibration']['cache_key']}.safetensors"
     assert entry.read_bytes() != bytes(data)  # rewritten, and valid again
-    third = pipeline.run(make_cfg(*SMOKE, f"paths.cache_dir={cache}",
+    third = pipeline.run(make_cfg(*SMOKE, f"paths.cache_dir={cache_dir}",
                                   output_dir=tmp_path / "c"))
     assert third.pruning.details["calibration"]["cache_hit"] is True
 
@@ -470,18 +464,18 @@ def test_damaged_cache_entry_is_recomputed_never_used(make_cfg, tmp_path, caplog
 # -- one model in two places shares its caches -------------------------------------------------
 
 def test_a_model_copied_elsewhere_shares_its_calibration(make_cfg, tmp_path):
-    cache = tmp_path / "cache"
+    cache_dir = tmp_path / "cache"
     first, second = _tiny_folder(tmp_path / "install1" / "m"), tmp_path / "install2" / "m"
     shutil.copytree(first, second)
     runs = [pipeline.run(make_cfg("model=local", f"model.path={folder}", "model.device=cpu",
-                                  "benchmark=smoke", "logger=none", f"paths.cache_dir={cache}",
+                                  "benchmark=smoke", "logger=none", f"paths.cache_dir={cache_dir}",
                                   output_dir=tmp_path / f"job{i}"))
             for i, folder in enumerate((first, second))]
     assert [r.pruning.details["calibration"]["cache_hit"] for r in runs] == [False, True]
     assert _ppl(runs[0]) == _ppl(runs[1])
     other = _tiny_folder(tmp_path / "install3" / "m", seed=5)  # other weights: another entry
     third = pipeline.run(make_cfg("model=local", f"model.path={other}", "model.device=cpu",
-                                  "benchmark=smoke", "logger=none", f"paths.cache_dir={cache}",
+                                  "benchmark=smoke", "logger=none", f"paths.cache_dir={cache_dir}",
                                   output_dir=tmp_path / "job3"))
     assert third.pruning.details["calibration"]["cache_hit"] is False
 
@@ -489,8 +483,6 @@ def test_a_model_copied_elsewhere_shares_its_calibration(make_cfg, tmp_path):
 @pytest.mark.integration
 def test_the_default_model_from_another_install_is_the_same_model(smollm2, tmp_path):
     """A copy of the embedded GGUF elsewhere (another venv) maps to the same conversion."""
-    from prunelab.config.schema import ModelConfig
-
     package = Path(smollm2.source.removeprefix("gguf:"))
     copy = tmp_path / "other-venv" / package.name
     copy.parent.mkdir()
@@ -522,9 +514,6 @@ def test_no_pickle_anywhere_in_the_package():
 
 
 def test_damaged_gguf_conversion_in_the_cache_is_detected(tmp_path):
-    from prunelab.models.fingerprint import file_digest
-    from prunelab.models.loading import CONVERSION_FILE, _check_conversion
-
     folder = _tiny_folder(tmp_path / "converted")
     weights = folder / "model.safetensors"
     (folder / CONVERSION_FILE).write_text(json.dumps(

@@ -47,8 +47,8 @@ class WandbLogger:
             except Exception as err:
                 if cfg.mode != "online":
                     raise
-                log.warning("W&B server did not answer (%s: %s); logging this job offline "
-                            "instead", type(err).__name__, str(err).splitlines()[0])
+                log.warning("W&B online run could not start (%s: %s); logging this job "
+                            "offline instead", type(err).__name__, str(err).splitlines()[0])
                 self.run = wandb.init(mode="offline", **kwargs)
                 self._fell_back = True
             self.mode = "offline" if self._fell_back else cfg.mode
