@@ -35,18 +35,20 @@ from prunelab.models.adapters import adapter_for
 from prunelab.models.fingerprint import file_digest
 from prunelab.models.loading import CONVERSION_FILE, _check_conversion, load_model
 from prunelab.models.surgery import prune_model, save_pruned
-from prunelab.models.tiny import byte_tokenizer, random_model
+from prunelab.models.tiny import byte_tokenizer
 from tests.helpers.plans import keep_all
+from tests.helpers.processes import ROOT, run_py
+from tests.helpers.tiny import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 40,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 256}
 SMOKE = ("model=tiny_llama", "benchmark=smoke", "logger=none")
 
 
+def _tiny_model(seed: int):
+    return tiny_model("mha", layers=2, hidden=32, ffn=40, seed=seed)
+
+
 def _tiny_folder(folder: Path, seed: int = 0) -> Path:
-    model = random_model(TINY, seed=seed)
+    model = _tiny_model(seed)
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
@@ -59,7 +61,7 @@ def _load_local(make_cfg, folder: Path, cache: Path):
 
 
 def _pruned_folder(folder: Path) -> Path:
-    model = random_model(TINY, seed=1)
+    model = _tiny_model(seed=1)
     adapter = adapter_for(model)
     plan = keep_all(adapter)
     plan.layers[0].heads = plan.layers[0].heads[:2]
@@ -130,10 +132,8 @@ def test_edited_remote_code_is_refused(make_cfg, tmp_path):
 def test_damaged_weights_exit_with_one_message(tmp_path):
     folder = _tiny_folder(tmp_path / "model")
     _truncate(folder / "model.safetensors")
-    proc = subprocess.run(
-        [sys.executable, "run.py", "model=local", f"model.path={folder}", "benchmark=smoke",
-         "logger=none", f"hydra.run.dir={tmp_path / 'job'}", f"paths.cache_dir={tmp_path}/c"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_py("model=local", f"model.path={folder}", "benchmark=smoke", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'job'}", f"paths.cache_dir={tmp_path}/c")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert f"{folder / 'model.safetensors'} is corrupt or truncated" in proc.stdout + proc.stderr
@@ -161,14 +161,30 @@ def test_nan_statistic_stops_before_surgery(make_cfg, tmp_path, monkeypatch):
         stats[2]["mlp_input"]["var"][0] = float("inf")
         return stats
 
-    def no_surgery(*args, **kwargs):
-        raise AssertionError("surgery ran on non-finite statistics")
-
     monkeypatch.setattr(pruning, "run_streaming", with_inf)
-    monkeypatch.setattr(pruning, "prune_model", no_surgery)
+    monkeypatch.setattr(pruning, "prune_model", _no_surgery)
     cfg = make_cfg(*SMOKE, f"paths.cache_dir={tmp_path / 'cache'}")
     with pytest.raises(NonFiniteError, match="mlp_input/var of block 2 holds 1 NaN/Inf"):
         pipeline.run(cfg)
+
+
+def test_nan_module_effect_names_block_and_sub_layer(make_cfg, tmp_path, monkeypatch):
+    real = pruning.measure_module_effects
+
+    def with_nan(*args, **kwargs):
+        effects = real(*args, **kwargs)
+        effects.single[1, 1] = float("nan")
+        return effects
+
+    monkeypatch.setattr(pruning, "measure_module_effects", with_nan)
+    monkeypatch.setattr(pruning, "prune_model", _no_surgery)
+    cfg = make_cfg(*SMOKE, "method=interaction", f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(NonFiniteError, match="module effect of block 1's MLP is NaN or Inf"):
+        pipeline.run(cfg)
+
+
+def _no_surgery(*args, **kwargs):
+    raise AssertionError("surgery ran on non-finite statistics")
 
 
 # -- full disks ----------------------------------------------------------------------------
@@ -280,13 +296,7 @@ def test_a_really_full_disk_leaves_no_partial_file(full_disk):
     assert _entries(full_disk) == ["filler"]
     write_json_atomic(full_disk / "small.json", {"fits": True})  # the space came back
     assert json.loads((full_disk / "small.json").read_text()) == {"fits": True}
-    assert (full_disk / "small.json").stat().st_mode & 0o044 == 0o044 & ~_umask()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert (full_disk / "small.json").stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
 
 
 # -- SIGKILL during save_model -------------------------------------------------------------
@@ -338,11 +348,9 @@ def test_hanging_wandb_server_costs_a_bounded_wait_and_keeps_the_run(tmp_path):
     env.update(WANDB_BASE_URL=f"http://127.0.0.1:{server.getsockname()[1]}",
                WANDB_API_KEY="x" * 40, WANDB_SILENT="true")
     out = tmp_path / "job"
-    proc = subprocess.run(
-        [sys.executable, "run.py", "model=tiny_llama", "benchmark=smoke", "logger=wandb",
-         "logger.mode=online", "logger.init_timeout=3", f"hydra.run.dir={out}",
-         f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_py("model=tiny_llama", "benchmark=smoke", "logger=wandb", "logger.mode=online",
+                  "logger.init_timeout=3", f"hydra.run.dir={out}",
+                  f"paths.cache_dir={tmp_path / 'cache'}", env=env)
     server.close()
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
@@ -377,7 +385,7 @@ def test_a_sweep_whose_job_fails_finishes_the_others_and_exits_non_zero(tmp_path
     proc = run_py("-m", "model=tiny_llama", "method=flap",
                   "calibration=c4_train,wikitext2_validation", "benchmark=smoke", "logger=none",
                   f"hydra.sweep.dir={sweep}",
-                  env={"PRUNELAB_DATA_DIR": str(data)})
+                  env={**os.environ, "PRUNELAB_DATA_DIR": str(data)})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
     failed = sweep / "benchmark=smoke,calibration=c4_train,method=flap,model=tiny_llama"
@@ -391,11 +399,6 @@ def test_a_sweep_whose_job_fails_finishes_the_others_and_exits_non_zero(tmp_path
     [finished_row] = [row for row in rows if "calibration=wikitext2_validation" in row]
     assert failed_row.endswith("| – | failed | failed |")  # params, WikiText2, PTB
     assert "failed" not in finished_row and "–" not in finished_row
-
-
-def run_py(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 # -- the statistics cache under concurrency and damage ---------------------------------------
@@ -481,14 +484,13 @@ def test_a_model_copied_elsewhere_shares_its_calibration(make_cfg, tmp_path):
 
 
 @pytest.mark.integration
-def test_the_default_model_from_another_install_is_the_same_model(smollm2, tmp_path):
+def test_the_default_model_from_another_install_is_the_same_model(smollm2, make_cfg, tmp_path):
     """A copy of the embedded GGUF elsewhere (another venv) maps to the same conversion."""
     package = Path(smollm2.source.removeprefix("gguf:"))
     copy = tmp_path / "other-venv" / package.name
     copy.parent.mkdir()
     copy.write_bytes(package.read_bytes())
-    cache_dir = Path(os.environ.get("PRUNELAB_CACHE_DIR",
-                                    Path.home() / ".cache" / "prunelab"))  # the fixture's
+    cache_dir = Path(validate(make_cfg()).paths.cache_dir)  # where the fixture converted it
     before = _entries(cache_dir / "models")
     loaded = load_model(ModelConfig(name="copy", source="gguf", path=str(copy), device="cpu"),
                         str(cache_dir))

@@ -23,8 +23,8 @@ from prunelab.tracking.tables import (
     values_of,
 )
 from tests.conftest import CONF, compose_config
+from tests.helpers.processes import run_py
 from tests.helpers.records import record
-from tests.test_multirun import run_py
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 #: experiment -> (number of sweep points, {field: values every job set covers})

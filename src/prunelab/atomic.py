@@ -19,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    """The process umask; reading it means setting it, so this runs once, at import."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once: changing the umask at write time would race with other threads creating files.
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it becomes ``path``."""
@@ -29,7 +40,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         _fsync(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared caches
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared caches
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -50,7 +61,7 @@ def atomic_folder(folder: str | os.PathLike, replace: bool = True) -> Iterator[P
         for file in staging.rglob("*"):
             if file.is_file():
                 _fsync(file)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide shared caches
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide shared caches
         if folder.exists():
             if not replace:
                 return
@@ -73,12 +84,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync(path: Path) -> None:

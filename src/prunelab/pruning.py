@@ -111,7 +111,7 @@ class _Stage:
         if "module_effects" in method.needs:
             with meter.phase("module_scoring"):
                 effects = self._module_effects()
-                _check_finite([{"module_effects": {"single": effects.single}}])
+                _check_finite_effects(effects)
                 modules = method.module_scores(effects)
         with meter.phase("scoring"):
             if method.removes == "blocks":
@@ -343,18 +343,33 @@ def checked_unit_scores(method: PruningMethod, index: int, layer: LayerAdapter,
     return scores
 
 
+_OVERFLOW_HINT = ("so no score computed from it means anything. This usually is an overflow: "
+                  "use model.dtype=float32 (or bfloat16), or check the calibration data.")
+
+
 def _check_finite(stats: list[LayerStats]) -> None:
     """Refuse NaN or Inf in what the scores are computed from, naming block and statistic."""
     for index, layer in enumerate(stats):
         for kind, fields in layer.items():
             for name, tensor in fields.items():
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    where = f"block {index}" if len(stats) > 1 else "the model"
                     raise NonFiniteError(
-                        f"Calibration statistic {kind}/{name} of {where} holds "
-                        f"{int((~torch.isfinite(tensor)).sum())} NaN/Inf value(s), so no score "
-                        "computed from it means anything. This usually is an overflow: use "
-                        "model.dtype=float32 (or bfloat16), or check the calibration data.")
+                        f"Calibration statistic {kind}/{name} of block {index} holds "
+                        f"{int((~torch.isfinite(tensor)).sum())} NaN/Inf value(s), "
+                        + _OVERFLOW_HINT)
+
+
+def _check_finite_effects(effects: ModuleEffects) -> None:
+    """Refuse NaN or Inf module effects, naming the first such block and sub-layer."""
+    bad = (~torch.isfinite(effects.single)).nonzero()
+    if len(bad):
+        block, module = bad[0].tolist()
+        raise NonFiniteError(f"The module effect of block {block}'s "
+                             f"{('attention', 'MLP')[module]} is NaN or Inf, " + _OVERFLOW_HINT)
+    if effects.pair is not None and not torch.isfinite(effects.pair).all():
+        pair = int((~torch.isfinite(effects.pair)).nonzero()[0, 0])
+        raise NonFiniteError(f"The pair effect of modules {pair} and {pair + 1} (in execution "
+                             "order) is NaN or Inf, " + _OVERFLOW_HINT)
 
 
 def _compensation_means(stats: list[LayerStats]) -> list[tuple[torch.Tensor, torch.Tensor]]:

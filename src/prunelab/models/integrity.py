@@ -18,7 +18,7 @@ from prunelab.errors import CorruptFileError, NonFiniteError
 from prunelab.models.plan import PLAN_FILE
 from prunelab.models.pruned import check_remote_code
 
-_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+_OTHER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "generation_config.json")
 _REMEDY = ("Copy the folder again from where it was made, or re-save the model there "
            "(save_pretrained, or a prunelab job with save_model=true).")
@@ -32,7 +32,7 @@ def corrupt(path: Path, detail: str) -> CorruptFileError:
 def check_model_folder(folder: Path) -> None:
     """Every file ``from_pretrained`` would read parses; a pruned folder's plan and code agree."""
     config = _read_json(folder / "config.json")
-    for name in _TOKENIZER_JSON:
+    for name in _OTHER_JSON_FILES:
         if (folder / name).is_file():
             _read_json(folder / name)
     _check_weights(folder)
