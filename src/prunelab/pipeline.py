@@ -1,4 +1,7 @@
-"""One job: load -> prune (prunelab/pruning.py) -> evaluate -> record (results.json).
+"""One job: load -> prune (prunelab/pruning.py) -> [recover] -> evaluate -> record.
+
+With ``recovery`` set, the pruned model is evaluated (perplexity, zero-shot) before training
+too, and both sets of figures go into results.json (the papers' "w/o tune" and "w/ tune").
 
 ``run`` validates the whole config before anything heavy, skips a job whose results.json is
 already complete (so re-launched sweeps repeat nothing; a folder holding another job's results
@@ -30,7 +33,8 @@ from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fi
 from prunelab.eval.speed import measure_speed
 from prunelab.eval.zeroshot import check_available as check_zero_shot_available
 from prunelab.eval.zeroshot import evaluate_zero_shot
-from prunelab.meter import process_peak_rss_bytes
+from prunelab.meter import PhaseMeter, process_peak_rss_bytes
+from prunelab.models.adapters import adapter_for
 from prunelab.models.loading import LoadedModel, load_model
 from prunelab.models.surgery import save_pruned
 from prunelab.record import (
@@ -45,6 +49,7 @@ from prunelab.record import (
     Parameters,
     PerplexityResult,
     PruningInfo,
+    RecoveryInfo,
     ResultsRecord,
     SpeedResult,
     WandbInfo,
@@ -58,7 +63,9 @@ from prunelab.tracking.identity import (
     differing_keys,
     job_fingerprint,
 )
-from prunelab.tracking.plots import plot_kept_units, plot_module_allocation
+from prunelab.recovery.checkpoint import CHECKPOINT_FILE
+from prunelab.recovery.trainer import recover
+from prunelab.tracking.plots import plot_kept_units, plot_loss_curve, plot_module_allocation
 from prunelab.tracking.results import FAILURE_FILE, environment, summary_table
 from prunelab.tracking.wandb_logger import WandbLogger
 
@@ -156,6 +163,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
     load_time = time.perf_counter() - t0
     _check_context(run_cfg, loaded)
+    _check_teacher(run_cfg, loaded)
     before = _parameter_counts(loaded)
     layers_before = _layer_sizes(loaded)
 
@@ -169,6 +177,11 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     layers_after = _layer_sizes(loaded)
     if outcome.plan is not None:
         _plot_pruning(run_cfg, outcome, layers_before, layers_after, out_dir, logger)
+    recovery = None
+    if run_cfg.recovery.enabled:
+        recovery = _recover(run_cfg, loaded, job["fingerprint"], out_dir, logger)
+        if _parameter_counts(loaded) != after or _layer_sizes(loaded) != layers_after:
+            raise RuntimeError("recovery changed the pruned geometry; it must only train")
     if run_cfg.save_model:
         _save_model(loaded, outcome, out_dir / "model")
     metrics, parts = _evaluate(run_cfg, loaded)
@@ -197,6 +210,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         metrics=metrics,
         evaluation=Evaluation(sum(parts.values()), parts),
         wandb=WandbInfo(logger.mode if logger.run else None, logger.run_dir),
+        recovery=recovery,
     )
     write_json_atomic(out_dir / RESULTS_FILE, record.to_dict())
     logger.log_results(record)
@@ -220,8 +234,68 @@ def _plot_pruning(run_cfg: RunConfig, outcome: pruning.PruningOutcome,
         logger.log_image("modules", plot)
 
 
-def _evaluate(run_cfg: RunConfig, loaded: LoadedModel) -> tuple[Metrics, dict[str, float]]:
-    """The benchmark suite's measurements, and the wall time of each part."""
+def _check_teacher(run_cfg: RunConfig, loaded: LoadedModel) -> None:
+    """Refuse distillation up front when the job's model cannot be the dense teacher."""
+    if run_cfg.recovery.name != "distill":
+        return
+    if loaded.model.config.model_type.startswith("prunelab"):
+        raise PrunelabError(
+            f"recovery=distill needs the dense model as teacher, but model "
+            f"{run_cfg.model.name!r} ({loaded.source}) is already a pruned prunelab model, so "
+            "its dense teacher cannot be loaded from it. Run the pruning job from the dense "
+            "model with recovery=distill, or use recovery=lora.")
+
+
+def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir: Path,
+             logger: WandbLogger) -> RecoveryInfo:
+    """Evaluate the pruned model, train it (recovery/), and report both."""
+    spec = run_cfg.recovery
+    before, _ = _evaluate(run_cfg, loaded, speed=False)
+    teacher = teacher_bytes = None
+    if spec.name == "distill":
+        try:
+            teacher = load_model(run_cfg.model, run_cfg.paths.cache_dir).model
+        except Exception as err:
+            raise PrunelabError(f"recovery=distill could not load the dense teacher (model "
+                                f"{run_cfg.model.name!r}): {type(err).__name__}: {err}") from err
+        teacher.eval().requires_grad_(False)
+        teacher_bytes = sum(t.numel() * t.element_size()
+                            for t in [*teacher.parameters(), *teacher.buffers()])
+        log.info("Distillation teacher loaded: %.2f GB of weights", teacher_bytes / 1e9)
+    if (out_dir / CHECKPOINT_FILE).is_file():
+        log.info("Found %s: recovery resumes from it", out_dir / CHECKPOINT_FILE)
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        logger.log_step({"recovery/loss": loss, "recovery/lr": lr, "recovery/step": step})
+
+    meter = PhaseMeter(loaded.device)
+    with meter.phase("recovery"):
+        trained = recover(loaded.model, loaded.tokenizer, spec, loaded.device,
+                          run_cfg.paths.data_dir, out_dir, fingerprint, teacher, on_step)
+    del teacher
+    loaded.model = trained.model
+    loaded.adapter = adapter_for(trained.model)
+    curve = plot_loss_curve(trained.losses, f"{run_cfg.model.name} {run_cfg.method.name} "
+                            f"recovery={spec.name}", out_dir / "recovery_loss.png")
+    logger.log_image("recovery_loss", curve)
+    log.info("Recovery: %d tokens in %.0f s (%.0f tokens/s), final loss %.4f", trained.tokens,
+             trained.wall_time_s, trained.tokens_per_s, trained.final_loss)
+    return RecoveryInfo(
+        name=spec.name, train=spec.train, dtype=trained.dtype,
+        data=dataclasses.asdict(spec.data), allow_eval_overlap=spec.allow_eval_overlap,
+        tokens=trained.tokens, micro_batches=trained.micro_batches,
+        optimizer_steps=trained.optimizer_steps, epochs=trained.epochs,
+        trainable_parameters=trained.trainable_parameters, wall_time_s=trained.wall_time_s,
+        tokens_per_s=trained.tokens_per_s,
+        peak_memory_bytes={meter.memory_kind: meter.peak_memory_bytes["recovery"]},
+        teacher_memory_bytes=teacher_bytes, loss=trained.losses,
+        final_loss=trained.final_loss, resumed_from_step=trained.resumed_from_step,
+        before=before)
+
+
+def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True
+              ) -> tuple[Metrics, dict[str, float]]:
+    """The benchmark suite's measurements (speed only if ``speed``), and each part's time."""
     bench = run_cfg.benchmark
     t0 = time.perf_counter()
     metrics = Metrics(_evaluate_perplexity(run_cfg, loaded))
@@ -232,7 +306,7 @@ def _evaluate(run_cfg: RunConfig, loaded: LoadedModel) -> tuple[Metrics, dict[st
             loaded.model, loaded.tokenizer, bench.zero_shot, run_cfg.paths.cache_dir,
             loaded.device), "metrics.zero_shot")
         parts["zero_shot"] = time.perf_counter() - t0
-    if bench.speed.enabled:
+    if speed and bench.speed.enabled:
         t0 = time.perf_counter()
         metrics.speed = _typed(SpeedResult, measure_speed(
             loaded.model, loaded.adapter, bench.speed, loaded.device,

@@ -87,6 +87,7 @@ class _Stage:
         method, loaded, meter = self.method, self.loaded, self.meter
         layers = loaded.adapter.layers
         params = self.job.schedule.params
+        _check_protection(params, len(layers))
         dtype = next(loaded.model.parameters()).dtype
         cache_dir = self.job.paths.cache_dir
         with meter.phase("profiling"):  # unit latencies: measured on first use, then cached
@@ -329,6 +330,17 @@ class _Stage:
             removed[index] = {ATTENTION: set(range(g.num_heads)),
                               MLP: set(range(g.intermediate_size))}
         return removed, budget, sum(costs[i] for i in chosen)
+
+
+def _check_protection(params: Any, num_layers: int) -> None:
+    """Refuse, before any calibration, protected blocks that leave nothing to prune."""
+    protected = params.protect_first + params.protect_last
+    if params.ratio > 0 and protected >= num_layers:
+        raise PrunelabError(
+            f"schedule.protect_first={params.protect_first} + protect_last="
+            f"{params.protect_last} protect {protected} blocks, but the model has "
+            f"{num_layers}: nothing can be pruned. Lower them (e.g. schedule.protect_first=1 "
+            "schedule.protect_last=1).")
 
 
 def checked_unit_scores(method: PruningMethod, index: int, layer: LayerAdapter,

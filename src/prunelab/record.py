@@ -8,7 +8,8 @@ dataclasses (unknown or missing keys fail, naming them) and converts older schem
 
 Schema versions: 1 (until the pruning stage was split out of the methods); 2 adds
 ``pruning.removed_blocks``, the blocks that execute nothing (whole-block methods, or any plan
-that removed a block's attention and MLP together).
+that removed a block's attention and MLP together); 3 adds ``recovery`` (training after pruning,
+with the metrics measured before it), absent (None) in older files.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prunelab.config.typed import to_dataclass
 from prunelab.errors import PrunelabError
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -202,6 +203,34 @@ class Metrics:
 
 
 @dataclass
+class RecoveryInfo:
+    """Training after pruning (recovery/): what it trained on, what it cost, where it ended.
+
+    ``before`` holds the suite's perplexity and zero-shot measured on the pruned model before
+    training (the papers' "w/o tune" row); the record's ``metrics`` are after it.
+    """
+
+    name: str
+    train: str
+    dtype: str
+    data: dict[str, Any]
+    allow_eval_overlap: bool
+    tokens: int  # tokens trained on (micro-batches x batch x seqlen)
+    micro_batches: int
+    optimizer_steps: int
+    epochs: float  # passes over the training windows
+    trainable_parameters: int
+    wall_time_s: float
+    tokens_per_s: float
+    peak_memory_bytes: dict[str, int]
+    teacher_memory_bytes: int | None
+    loss: list[float]  # per optimizer step (distill: the combined loss)
+    final_loss: float  # mean of the last tenth of the steps
+    resumed_from_step: int | None
+    before: Metrics
+
+
+@dataclass
 class Evaluation:
     """Wall time of the evaluation, in total and per part."""
 
@@ -234,6 +263,7 @@ class ResultsRecord:
     metrics: Metrics
     evaluation: Evaluation
     wandb: WandbInfo
+    recovery: RecoveryInfo | None = None
     schema_version: int = SCHEMA_VERSION
     complete: bool = True
     #: the results.json this record was read from (not saved in it)
@@ -269,25 +299,36 @@ class ResultsRecord:
         ``zero_shot/<task>`` is the paper convention's metric (a fraction), prefill and decode
         timings are in seconds and tokens per second.
         """
-        m = self.metrics
-        flat = {f"ppl/{name}": result.ppl for name, result in m.perplexity.items()}
-        if m.zero_shot is not None:
-            for task, result in m.zero_shot.tasks.items():
-                flat.update({f"zero_shot/{task}/{key}": getattr(result, key)
-                             for key in ("acc", "acc_norm") if getattr(result, key) is not None})
-                flat[f"zero_shot/{task}"] = result.value
-            flat["zero_shot/average"] = m.zero_shot.average.value
-        if m.speed is not None:
-            for shape, timing in m.speed.prefill.items():
-                flat[f"speed/prefill_{shape}/median_s"] = timing.median_s
-                flat[f"speed/prefill_{shape}/tokens_per_s"] = timing.tokens_per_s
-            if m.speed.decode is not None:
-                flat["speed/decode/tokens_per_s"] = m.speed.decode.tokens_per_s
+        flat = flat_measurements(self.metrics)
         flat["params/after_total"] = self.parameters.after.total
         flat["pruning/ratio_achieved"] = self.pruning.ratio_achieved
         flat["pruning/wall_time_s"] = self.pruning.wall_time_s["total"]
         flat["evaluation/wall_time_s"] = self.evaluation.wall_time_s
+        if self.recovery is not None:
+            flat["recovery/final_loss"] = self.recovery.final_loss
+            flat["recovery/tokens_per_s"] = self.recovery.tokens_per_s
+            flat["recovery/wall_time_s"] = self.recovery.wall_time_s
+            flat.update({f"before_recovery/{key}": value for key, value
+                         in flat_measurements(self.recovery.before).items()})
         return flat
+
+
+def flat_measurements(m: Metrics) -> dict[str, float]:
+    """The suite's measurements with slash-separated keys (see :meth:`flat_metrics`)."""
+    flat = {f"ppl/{name}": result.ppl for name, result in m.perplexity.items()}
+    if m.zero_shot is not None:
+        for task, result in m.zero_shot.tasks.items():
+            flat.update({f"zero_shot/{task}/{key}": getattr(result, key)
+                         for key in ("acc", "acc_norm") if getattr(result, key) is not None})
+            flat[f"zero_shot/{task}"] = result.value
+        flat["zero_shot/average"] = m.zero_shot.average.value
+    if m.speed is not None:
+        for shape, timing in m.speed.prefill.items():
+            flat[f"speed/prefill_{shape}/median_s"] = timing.median_s
+            flat[f"speed/prefill_{shape}/tokens_per_s"] = timing.tokens_per_s
+        if m.speed.decode is not None:
+            flat["speed/decode/tokens_per_s"] = m.speed.decode.tokens_per_s
+    return flat
 
 
 def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -295,6 +336,8 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
     version = data.get("schema_version")
     if version == SCHEMA_VERSION:
         return data
+    if version == 2:
+        return {**data, "schema_version": SCHEMA_VERSION}
     if version == 1:
         plan = (data.get("pruning") or {}).get("plan")
         removed = [] if plan is None else [i for i, layer in enumerate(plan["layers"])

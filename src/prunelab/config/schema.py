@@ -184,6 +184,101 @@ class CalibrationConfig(TextSpec):
 
 
 @dataclass
+class LoraSpec:
+    """LoRA adapters (PEFT): LLM-Pruner's recipe by default."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.rank < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            problems.append(f"lora needs rank >= 1, alpha > 0 and dropout in [0, 1), got "
+                            f"{self.rank}, {self.alpha}, {self.dropout}")
+        if not self.targets:
+            problems.append("lora.targets is empty: name the projections to adapt")
+        return problems
+
+
+@dataclass
+class RecoveryConfig:
+    """Training after pruning (METHODS.md "Recovery"); ``none`` leaves the pruned model as is.
+
+    The token budget is spent in micro-batches of ``batch_size`` x ``seqlen`` tokens; an
+    optimizer step takes ``grad_accumulation`` of them.
+    """
+
+    name: Literal["none", "lora", "distill"] = "none"
+    #: ``lora``: train LoRA adapters, merged back at the end; ``full``: the pruned weights
+    train: Literal["lora", "full"] = "lora"
+    data: TextSpec = field(default_factory=lambda: TextSpec(
+        "c4", split="train", joiner=" ", documents=[0, 500]))
+    tokens: int = 65536
+    seqlen: int = 128
+    batch_size: int = 8
+    grad_accumulation: int = 1
+    lr: float = 1e-4
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.1  # fraction of the optimizer steps spent warming up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0: no clipping
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    #: ``auto``: float32 on CPU, bfloat16 autocast on CUDA where it is supported
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    checkpoint_every: int = 50  # optimizer steps between checkpoints (0: none)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    temperature: float = 1.0  # distill: softmax temperature of teacher and student
+    lm_weight: float = 0.0  # distill: weight of the next-token loss added to the KL term
+    #: train on text an evaluated split also holds (recorded in results.json)
+    allow_eval_overlap: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+    @property
+    def micro_batches(self) -> int:
+        """Forward/backward passes the token budget pays for."""
+        return self.tokens // (self.batch_size * self.seqlen)
+
+    def check(self) -> list[str]:
+        problems = self.data.check()
+        if not self.enabled:
+            return problems
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if min(self.seqlen, self.batch_size, self.grad_accumulation) < 1:
+            problems.append("seqlen, batch_size and grad_accumulation must be >= 1")
+        elif self.micro_batches < 1:
+            problems.append(f"tokens={self.tokens} is less than one batch "
+                            f"(batch_size x seqlen = {self.batch_size * self.seqlen} tokens)")
+        if not 0.0 <= self.warmup_ratio < 1.0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            problems.append("warmup_ratio must be in [0, 1), weight_decay and max_grad_norm >= 0")
+        if self.checkpoint_every < 0:
+            problems.append(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.name == "lora" and self.train != "lora":
+            problems.append("recovery=lora trains LoRA adapters; for full-weight training "
+                            "use recovery=distill recovery.train=full (or lm_weight alone)")
+        if self.temperature <= 0 or self.lm_weight < 0:
+            problems.append(f"temperature must be > 0 and lm_weight >= 0, got "
+                            f"{self.temperature}, {self.lm_weight}")
+        return problems
+
+
+def overlapping(a: TextSpec, b: TextSpec) -> bool:
+    """Whether two text specs can share rows (same dataset and split, ranges intersecting)."""
+    if (a.dataset, a.split, a.path) != (b.dataset, b.split, b.path):
+        return False
+    if a.documents is None or b.documents is None:
+        return True
+    return a.documents[0] < b.documents[1] and b.documents[0] < a.documents[1]
+
+
+@dataclass
 class LoggerConfig:
     """Experiment tracking (``wandb`` or ``none``)."""
 
@@ -229,6 +324,19 @@ class RunConfig:
     experiment_name: str = "default"
     overwrite: bool = False  # re-run a job whose results.json is complete
     save_model: bool = False  # save the (pruned) model as a Hugging Face folder in the job
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+
+    def check(self) -> list[str]:
+        """Recovery text that an evaluated split also holds is refused unless allowed."""
+        if not self.recovery.enabled or self.recovery.allow_eval_overlap:
+            return []
+        return [f"recovery.data ({self.recovery.data.dataset} {self.recovery.data.split} "
+                f"documents {self.recovery.data.documents}) overlaps the evaluated "
+                f"benchmark.perplexity.{name} ({spec.dataset} {spec.split} documents "
+                f"{spec.documents}). Train on other text (e.g. recovery.data.documents=[0,500]"
+                " of c4 train), or set recovery.allow_eval_overlap=true to do it knowingly."
+                for name, spec in self.benchmark.perplexity.items()
+                if overlapping(self.recovery.data, spec)]
 
 
 def _named(group: str, data: Any, registry, problems: list[str]) -> NamedConfig | None:

@@ -3,8 +3,8 @@
 A job's *fingerprint* hashes the parts of its resolved config that can change its numbers:
 not where files go (``paths``), how it is logged (``logger``), its name in a sweep
 (``experiment_name``) or the resume switches (``overwrite``, ``save_model``). A method that
-removes nothing ignores the schedule and calibration, and a method that reads no calibration
-data ignores calibration, so ``method=dense`` at three ratios is one job. Resume checks and
+removes nothing ignores the schedule and calibration, a method that reads no calibration
+data ignores calibration, and ``recovery=none`` adds nothing, so ``method=dense`` at three ratios is one job. Resume checks and
 table rows use it.
 """
 
@@ -23,6 +23,8 @@ _NOT_RESULT_CHANGING = ("paths", "logger", "experiment_name", "overwrite", "save
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved job config that determines its results (a deep copy)."""
     kept = {k: copy.deepcopy(v) for k, v in config.items() if k not in _NOT_RESULT_CHANGING}
+    if (kept.get("recovery") or {}).get("name", "none") == "none":
+        kept.pop("recovery", None)  # no training: the same job as before recovery existed
     name = config.get("method", {}).get("name")
     if name in METHODS:
         method = METHODS.get(name)

@@ -79,6 +79,22 @@ def plot_module_allocation(blocks: list[dict], layers_before: list[LayerSizes], 
     return _save(fig, path)
 
 
+def plot_loss_curve(losses: list[float], title: str, path: Path) -> Path:
+    """Training loss per optimizer step, with a running mean over a tenth of the steps."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = range(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="step")
+    width = max(1, len(losses) // 10)
+    running = [sum(losses[max(0, i - width + 1):i + 1]) / len(losses[max(0, i - width + 1):i + 1])
+               for i in range(len(losses))]
+    ax.plot(steps, running, lw=1.6, label=f"mean of {width}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
 def plot_metric_vs_ratio(table, path: Path) -> Path:
     """One panel per column: the metric against the pruning ratio, one line per method row.
 

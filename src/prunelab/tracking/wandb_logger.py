@@ -72,6 +72,15 @@ class WandbLogger:
         except Exception as err:
             log.warning("W&B logging failed: %s: %s", type(err).__name__, err)
 
+    def log_step(self, metrics: dict[str, float]) -> None:
+        """Log one training step's values (recovery's loss curve)."""
+        if self.run is None:
+            return
+        try:
+            self.run.log(metrics)
+        except Exception as err:
+            log.warning("W&B logging failed: %s: %s", type(err).__name__, err)
+
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Log a table (e.g. a sweep's paper table) as a ``wandb.Table``."""
         if self.run is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (
     LlamaForCausalLM,
@@ -106,8 +107,12 @@ class PrunelabMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class PrunelabDecoderLayer(nn.Module):
-    """A pre-norm block whose sub-layers may be narrower, absent, or followed by a bias."""
+class PrunelabDecoderLayer(GradientCheckpointingLayer):
+    """A pre-norm block whose sub-layers may be narrower, absent, or followed by a bias.
+
+    A :class:`GradientCheckpointingLayer`, so ``gradient_checkpointing_enable()`` (recovery's
+    ``gradient_checkpointing``) recomputes it in the backward pass instead of storing it.
+    """
 
     def __init__(self, config: PrunelabConfig, layer_idx: int, cache_idx: int | None):
         super().__init__()
