@@ -56,6 +56,8 @@ from prunelab.record import (
     ZeroShotResult,
     read_record,
 )
+from prunelab.recovery.checkpoint import CHECKPOINT_FILE
+from prunelab.recovery.trainer import recover
 from prunelab.registry import METHODS
 from prunelab.tracking.identity import (
     comparable_config,
@@ -63,8 +65,6 @@ from prunelab.tracking.identity import (
     differing_keys,
     job_fingerprint,
 )
-from prunelab.recovery.checkpoint import CHECKPOINT_FILE
-from prunelab.recovery.trainer import recover
 from prunelab.tracking.plots import plot_kept_units, plot_loss_curve, plot_module_allocation
 from prunelab.tracking.results import FAILURE_FILE, environment, summary_table
 from prunelab.tracking.wandb_logger import WandbLogger

@@ -27,8 +27,10 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
 
 
 def merge_lora(peft_model: PeftModel) -> nn.Module:
-    """The base model with the adapters folded into its weights, every parameter trainable
-    again (as it was before :func:`attach_lora` froze it)."""
+    """The base model with the adapters folded into its weights.
+
+    Every parameter is trainable again, as before :func:`attach_lora` froze it.
+    """
     merged = peft_model.merge_and_unload()
     for parameter in merged.parameters():
         parameter.requires_grad_(True)

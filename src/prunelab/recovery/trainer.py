@@ -35,8 +35,8 @@ from prunelab.recovery.checkpoint import (
     save_checkpoint,
 )
 from prunelab.recovery.data import training_windows, window_order
-from prunelab.recovery.losses import distillation_loss, next_token_loss
 from prunelab.recovery.lora import attach_lora, merge_lora
+from prunelab.recovery.losses import distillation_loss, next_token_loss
 
 log = logging.getLogger(__name__)
 

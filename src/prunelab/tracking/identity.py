@@ -4,8 +4,9 @@ A job's *fingerprint* hashes the parts of its resolved config that can change it
 not where files go (``paths``), how it is logged (``logger``), its name in a sweep
 (``experiment_name``) or the resume switches (``overwrite``, ``save_model``). A method that
 removes nothing ignores the schedule and calibration, a method that reads no calibration
-data ignores calibration, and ``recovery=none`` adds nothing, so ``method=dense`` at three ratios is one job. Resume checks and
-table rows use it.
+data ignores calibration, and ``recovery=none`` adds nothing (old results keep their
+fingerprints), so ``method=dense`` at three ratios is one job. Resume checks and table rows
+use it.
 """
 
 from __future__ import annotations
