@@ -26,7 +26,7 @@ def test_the_written_file_reads_back_as_the_same_record(job):
     again = read_record(out)
     assert again == record and again.path == out / RESULTS_FILE
     data = json.loads((out / RESULTS_FILE).read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["schema_version"] == SCHEMA_VERSION == 3
     assert list(data)[:3] == ["schema_version", "complete", "job"]
     assert "path" not in data
 
@@ -46,9 +46,20 @@ def test_version_1_is_converted(job):
     plan["layers"][1] = {"heads": [], "channels": []}  # a block that executes nothing
     data["schema_version"] = 1
     del data["pruning"]["removed_blocks"]
+    del data["recovery"]
     converted = ResultsRecord.from_dict(data)
     assert converted.schema_version == SCHEMA_VERSION
     assert converted.pruning.removed_blocks == [1]
+
+
+def test_version_2_is_read_as_a_job_without_recovery(job):
+    record, _ = job
+    data = record.to_dict()
+    del data["recovery"]
+    data["schema_version"] = 2
+    converted = ResultsRecord.from_dict(data)
+    assert converted.recovery is None and converted.schema_version == SCHEMA_VERSION
+    assert converted.metrics == record.metrics
 
 
 def test_an_unknown_version_names_it(job):

@@ -174,7 +174,7 @@ def test_table_shows_missing_cells_as_missing(tiny_sweep, tmp_path):
     assert (row.method, row.ratio, row.values) == ("mag_sp", 0.5, {})
     last = table.to_markdown().splitlines()[-1]
     assert last == f"| mag_sp | 50% | {MISSING} | {MISSING} | {MISSING} |"
-    assert table.to_csv().splitlines()[-1] == "mag_sp,,0.5,,,,"  # no failure either
+    assert table.to_csv().splitlines()[-1] == "mag_sp,,,0.5,,,,"  # no failure either
 
 
 def test_table_refuses_mixed_protocols(tiny_sweep, tmp_path):

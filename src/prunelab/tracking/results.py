@@ -60,15 +60,21 @@ def summary_table(record: ResultsRecord) -> str:
             ("parameters after", f"{record.parameters.after.total:,}")]
     if pruning.removed_blocks:
         rows.append(("blocks removed", ", ".join(map(str, pruning.removed_blocks))))
+    before = record.recovery.before.perplexity if record.recovery is not None else {}
     for name, ppl in metrics.perplexity.items():
-        rows.append((f"ppl {name} (seqlen {ppl.seqlen}, {ppl.windows} windows)",
-                     f"{ppl.ppl:.3f}"))
+        value = f"{ppl.ppl:.3f}" + (f" (before recovery {before[name].ppl:.3f})"
+                                    if name in before else "")
+        rows.append((f"ppl {name} (seqlen {ppl.seqlen}, {ppl.windows} windows)", value))
     if metrics.zero_shot is not None:
         for task, result in metrics.zero_shot.tasks.items():
             rows.append((f"{task} {result.metric} ({result.documents} documents)",
                          f"{100 * result.value:.2f}"))
         average = metrics.zero_shot.average
         rows.append((f"zero-shot average ({average.convention})", f"{100 * average.value:.2f}"))
+    if record.recovery is not None:
+        rec = record.recovery
+        rows.append((f"recovery {rec.name} ({rec.train}, {rec.tokens:,} tokens)",
+                     f"final loss {rec.final_loss:.4f}, {rec.tokens_per_s:.0f} tokens/s"))
     if metrics.speed is not None:
         for shape, timing in metrics.speed.prefill.items():
             rows.append((f"prefill {shape} median (tokens/s)",

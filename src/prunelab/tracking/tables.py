@@ -6,7 +6,10 @@ compensation) gets one row per setting, labelled by the settings that vary. Colu
 perplexity datasets, then the zero-shot tasks and their average (in %). A method/ratio cell
 that no finished job covers shows as missing, never as zero (the ratios of a table are those
 any of its jobs asked for, dense jobs included); a row whose job failed shows ``failed`` in
-every cell (and its error in the CSV). Results measured under different protocols
+every cell (and its error in the CSV). When any job trained after pruning (``recovery``),
+every row says which: "w/o tune" rows (from ``recovery=none`` jobs, else from the figures a
+recovered job measured before training) sit above their "w/ tune: lora" / "w/ tune: distill"
+rows, as in the papers. Results measured under different protocols
 (model, benchmark) are refused, naming the differing fields: their numbers cannot share a
 table.
 """
@@ -23,7 +26,7 @@ from typing import Any
 from prunelab.atomic import write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.eval.zeroshot_tasks import TASKS
-from prunelab.record import RESULTS_FILE, ResultsRecord, read_record
+from prunelab.record import RESULTS_FILE, ResultsRecord, flat_measurements, read_record
 from prunelab.registry import METHODS
 from prunelab.tracking.identity import (
     ABSENT,
@@ -75,10 +78,26 @@ def columns_of(record: ResultsRecord) -> list[Column]:
     return columns
 
 
-def values_of(record: ResultsRecord) -> dict[str, float]:
-    """Column key -> value of one job (accuracies in %, as the papers print them)."""
-    flat = record.flat_metrics()
+def values_of(record: ResultsRecord, before_recovery: bool = False) -> dict[str, float]:
+    """Column key -> value of one job (accuracies in %, as the papers print them).
+
+    ``before_recovery``: the figures measured after pruning, before training.
+    """
+    flat = flat_measurements(record.recovery.before) if before_recovery \
+        else record.flat_metrics()
     return {c.key: flat[c.metric] * c.scale for c in columns_of(record) if c.metric in flat}
+
+
+NOT_TUNED = "w/o tune"
+
+
+def tune_label(config: dict[str, Any]) -> str:
+    """"w/o tune", or "w/ tune: <recovery>" (with the trained weights when not LoRA)."""
+    recovery = config.get("recovery") or {}
+    name = recovery.get("name", "none")
+    if name == "none":
+        return NOT_TUNED
+    return f"w/ tune: {name}" + (", full" if recovery.get("train", "lora") == "full" else "")
 
 
 #: Config fields that must agree across a table (batch size does not change a number).
@@ -96,10 +115,12 @@ class Row:
     values: dict[str, float] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     failed: str | None = None  # the error of the job that should have filled this row
+    tune: str = ""  # "w/o tune" / "w/ tune: ..." when the table has recovered jobs
 
     @property
     def label(self) -> str:
-        return f"{self.method} ({self.variant})" if self.variant else self.method
+        details = "; ".join(d for d in (self.variant, self.tune) if d)
+        return f"{self.method} ({details})" if details else self.method
 
 
 @dataclass
@@ -131,10 +152,10 @@ class ResultTable:
         """Numbers unformatted (empty when missing), for spreadsheets and pandas."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["method", "variant", "ratio", "params",
+        writer.writerow(["method", "variant", "tune", "ratio", "params",
                          *[c.key for c in self.columns], "failed"])
         for row in self.rows:
-            writer.writerow([row.method, row.variant, row.ratio,
+            writer.writerow([row.method, row.variant, row.tune, row.ratio,
                              "" if row.params is None else row.params,
                              *["" if row.values.get(c.key) is None else row.values[c.key]
                                for c in self.columns], row.failed or ""])
@@ -217,6 +238,7 @@ def build_table(results: list[ResultsRecord], failures: list[FailedJob] = ()) ->
     same row wins, e.g. after a relaunch).
     """
     _check_protocol(results)
+    tuned = any(r.recovery is not None for r in results)
     columns = columns_of(results[0])
     by_method: dict[str, list[ResultsRecord | FailedJob]] = {}
     for entry in [*results, *[f for f in failures if f.method]]:
@@ -226,28 +248,36 @@ def build_table(results: list[ResultsRecord], failures: list[FailedJob] = ()) ->
     seen_fingerprints: set[str] = set()
     for method, group in by_method.items():
         labels = _variant_labels(method, [entry.config for entry in group])
-        failed_rows = []
+        failed_rows, untuned_rows = [], []
         for result, variant in zip(group, labels):
+            tune = tune_label(result.config or {}) if tuned else ""
             if isinstance(result, FailedJob):
-                failed_rows.append(((method, variant, result.ratio), result))
+                failed_rows.append(((method, variant, tune, result.ratio), result))
                 continue
             fingerprint = job_fingerprint(result.config)
             if fingerprint in seen_fingerprints:  # the same job reached by another sweep point
                 continue
             seen_fingerprints.add(fingerprint)
-            key = (method, variant, result.ratio)
+            key = (method, variant, tune, result.ratio)
             if key in rows:
                 raise PrunelabError(
-                    f"Two different jobs give the row {method} {variant} at ratio "
+                    f"Two different jobs give the row {method} {variant} {tune} at ratio "
                     f"{result.ratio}: {rows[key].sources[0]} and {result.path}. Put them in "
                     "separate tables.")
             rows[key] = Row(method, result.ratio, variant, result.parameters.after.total,
-                            values_of(result), [str(result.path)])
-        for (method_name, variant, ratio), failure in failed_rows:
-            if (method_name, variant, ratio) not in rows:
-                rows[method_name, variant, ratio] = Row(method_name, ratio, variant,
-                                                        sources=[str(failure.path)],
-                                                        failed=failure.error)
+                            values_of(result), [str(result.path)], tune=tune)
+            if result.recovery is not None:
+                untuned_rows.append(((method, variant, NOT_TUNED, result.ratio), Row(
+                    method, result.ratio, variant, result.parameters.after.total,
+                    values_of(result, before_recovery=True), [str(result.path)],
+                    tune=NOT_TUNED)))
+        for key, row in untuned_rows:  # a recovery=none job of the same row wins
+            rows.setdefault(key, row)
+        for (method_name, variant, tune, ratio), failure in failed_rows:
+            if (method_name, variant, tune, ratio) not in rows:
+                rows[method_name, variant, tune, ratio] = Row(
+                    method_name, ratio, variant, sources=[str(failure.path)],
+                    failed=failure.error, tune=tune)
     return ResultTable(results[0].model.name, columns,
                        _arrange(rows, list(by_method), _swept_ratios(results)),
                        _protocol(results[0]))
@@ -298,6 +328,7 @@ def _variant_labels(method: str, job_configs: list[dict[str, Any]]) -> list[str]
             config.get("method", {}).pop(key, None)
         config.pop("model", None)
         config.pop("benchmark", None)
+        config.pop("recovery", None)  # rows say it as "w/o tune" / "w/ tune"
     differing = differing_keys(configs)
     return [", ".join(f"{_short_key(key)}={values[i]}" for key, values in differing.items()
                       if values[i] != ABSENT)
@@ -319,13 +350,16 @@ def _arrange(rows: dict[tuple, Row], method_order: list[str], swept_ratios: set[
     """
     pruned = [r for r in rows.values() if r.ratio > 0]
     ratios = sorted({r.ratio for r in pruned} | swept_ratios)
-    variants = list(dict.fromkeys((r.method, r.variant) for r in pruned))
+    variants = list(dict.fromkeys((r.method, r.variant, r.tune) for r in pruned))
     order = {m: i for i, m in enumerate(method_order)}
-    variants.sort(key=lambda mv: order[mv[0]])
-    arranged = [r for r in rows.values() if r.ratio == 0]
+    first_seen = {mv: i for i, mv in reversed(list(enumerate((m, v) for m, v, _ in variants)))}
+    variants.sort(key=lambda mvt: (order[mvt[0]], first_seen[mvt[:2]], mvt[2] != NOT_TUNED))
+    arranged = sorted((r for r in rows.values() if r.ratio == 0),
+                      key=lambda r: r.tune != NOT_TUNED)
     for ratio in ratios:
-        for method, variant in variants:
-            arranged.append(rows.get((method, variant, ratio), Row(method, ratio, variant)))
+        for method, variant, tune in variants:
+            arranged.append(rows.get((method, variant, tune, ratio),
+                                     Row(method, ratio, variant, tune=tune)))
     return arranged
 
 
