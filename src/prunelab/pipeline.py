@@ -238,6 +238,10 @@ def _check_teacher(run_cfg: RunConfig, loaded: LoadedModel) -> None:
     """Refuse distillation up front when the job's model cannot be the dense teacher."""
     if run_cfg.recovery.name != "distill":
         return
+    if not METHODS.get(run_cfg.method.name).prunes():
+        log.warning("recovery=distill of method=%s: the student is the teacher, so the KL "
+                    "term is zero and only lm_weight (%s) trains it", run_cfg.method.name,
+                    run_cfg.recovery.lm_weight)
     if loaded.model.config.model_type.startswith("prunelab"):
         raise PrunelabError(
             f"recovery=distill needs the dense model as teacher, but model "
