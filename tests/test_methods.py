@@ -40,7 +40,9 @@ def test_method_meets_budget(make_cfg, tmp_path, method, model):
     cfg = make_cfg(f"model={model}", f"method={method}", "schedule.ratio=0.4",
                    "calibration.nsamples=8", "calibration.seqlen=32", "benchmark=smoke",
                    "benchmark.perplexity.wikitext2.max_windows=1", "~benchmark.perplexity.ptb",
-                   "logger=none", f"paths.cache_dir={tmp_path / 'cache'}")
+                   "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
+                   # llm_pruner's schedule protects 4 + 2 blocks; the tiny models have 3
+                   "schedule.protect_first=0", "schedule.protect_last=0")
     results = pipeline.run(cfg).to_dict()
     pruning = results["pruning"]
     before = results["parameters"]["before"]["prunable"]

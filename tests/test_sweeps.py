@@ -29,7 +29,10 @@ from tests.helpers.records import record
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 #: experiment -> (number of sweep points, {field: values every job set covers})
 EXPECTED = {
-    "flap_table2": (9, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.3, 0.5}}),
+    "flap_table2": (24, {"method": {"dense", "flap", "wanda_sp", "llm_pruner"},
+                         "ratio": {0.2, 0.3, 0.5}, "recovery": {"none", "lora"}}),
+    "recovery_table": (30, {"method": {"dense", "flap", "wanda_sp", "llm_pruner", "interaction"},
+                            "ratio": {0.2, 0.5}, "recovery": {"none", "lora", "distill"}}),
     "flap_zeroshot": (6, {"method": {"dense", "flap", "wanda_sp"}, "ratio": {0.2, 0.5}}),
     "bip_vs_baselines": (15, {"method": {"dense", "bip", "flap", "wanda_sp", "mag_sp"},
                               "ratio": {0.2, 0.3, 0.5}}),
@@ -82,7 +85,8 @@ def test_experiment_expands_to_its_jobs(experiment):
                   "estimator": getattr(run.method.params, "estimator", None),
                   "interactions": getattr(run.method.params, "interactions", None),
                   "whole_modules": getattr(run.schedule.params, "whole_modules", None),
-                  "calibration": (run.calibration.nsamples, run.calibration.seqlen)}
+                  "calibration": (run.calibration.nsamples, run.calibration.seqlen),
+                  "recovery": run.recovery.name}
         for key in covers:
             seen[key].add(values[key])
     assert seen == covers

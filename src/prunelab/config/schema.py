@@ -262,7 +262,7 @@ class RecoveryConfig:
             problems.append(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.name == "lora" and self.train != "lora":
             problems.append("recovery=lora trains LoRA adapters; for full-weight training "
-                            "use recovery=distill recovery.train=full (or lm_weight alone)")
+                            "use recovery=distill recovery.train=full")
         if self.temperature <= 0 or self.lm_weight < 0:
             problems.append(f"temperature must be > 0 and lm_weight >= 0, got "
                             f"{self.temperature}, {self.lm_weight}")
