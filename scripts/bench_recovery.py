@@ -34,8 +34,8 @@ from prunelab.data.corpora import load_corpus
 from prunelab.methods import PruningMethod
 from prunelab.models.loading import load_model
 from prunelab.recovery.data import training_windows
-from prunelab.recovery.losses import next_token_loss
 from prunelab.recovery.lora import attach_lora
+from prunelab.recovery.losses import next_token_loss
 from prunelab.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]

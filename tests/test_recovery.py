@@ -22,8 +22,8 @@ from prunelab.record import read_record
 from prunelab.recovery import trainer
 from prunelab.recovery.checkpoint import CHECKPOINT_FILE
 from prunelab.recovery.data import window_order
-from prunelab.recovery.losses import distillation_loss
 from prunelab.recovery.lora import attach_lora, merge_lora
+from prunelab.recovery.losses import distillation_loss
 from prunelab.recovery.trainer import recover
 from prunelab.tracking.tables import build_table
 from tests.helpers.records import record
