@@ -8,7 +8,7 @@ noise hits all of them alike: forward, next-token loss, backward, gradient clipp
 the seven projections). Each repeat times ``--steps`` steps after one warm-up step. The
 floor: a pruned model trains faster per token than the dense one.
 
-    .venv/bin/python scripts/bench_recovery.py                       # ~5 min on 2 CPU cores
+    .venv/bin/python scripts/bench_recovery.py                       # ~8 min on 2 CPU cores
     .venv/bin/python scripts/bench_recovery.py --ratios 0.2 0.5 --repeats 5
 
 Prints a Markdown table (median tokens/s, min-max over repeats, ratio to dense full) and
@@ -76,9 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per repeat")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_recovery")
     args = parser.parse_args()
