@@ -31,9 +31,9 @@ from prunelab.cli import configure_logging
 from prunelab.config.compose import compose_job
 from prunelab.config.schema import LoraSpec, validate
 from prunelab.data.corpora import load_corpus
+from prunelab.eval.perplexity import evaluation_windows
 from prunelab.methods import PruningMethod
 from prunelab.models.loading import load_model
-from prunelab.recovery.data import training_windows
 from prunelab.recovery.lora import attach_lora
 from prunelab.recovery.losses import next_token_loss
 from prunelab.registry import METHODS
@@ -93,7 +93,7 @@ def main() -> None:
     dense = load_model(base.model, base.paths.cache_dir)
     total = dense.adapter.total_parameter_count()
     corpus = load_corpus("c4", "train", base.paths.data_dir, documents=[0, 500])
-    windows = training_windows(corpus, dense.tokenizer, args.seqlen, " ")
+    windows = evaluation_windows(corpus, dense.tokenizer, args.seqlen, " ", None)
     trainers = [Trainer("dense full", copy.deepcopy(dense.model), False, total),
                 Trainer("dense LoRA", copy.deepcopy(dense.model), True, total)]
     for ratio in args.ratios:

@@ -28,13 +28,14 @@ from transformers import get_scheduler
 
 from prunelab.config.schema import RecoveryConfig
 from prunelab.data.corpora import load_corpus
+from prunelab.eval.perplexity import evaluation_windows
 from prunelab.recovery.checkpoint import (
     TrainingState,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
 )
-from prunelab.recovery.data import training_windows, window_order
+from prunelab.recovery.data import window_order
 from prunelab.recovery.lora import attach_lora, merge_lora
 from prunelab.recovery.losses import distillation_loss, next_token_loss
 
@@ -90,7 +91,7 @@ def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.dev
         raise ValueError("recovery=distill needs a teacher, and only distill uses one")
     corpus = load_corpus(spec.data.dataset, spec.data.split, data_dir,
                          documents=spec.data.documents, path=spec.data.path)
-    windows = training_windows(corpus, tokenizer, spec.seqlen, spec.data.joiner)
+    windows = evaluation_windows(corpus, tokenizer, spec.seqlen, spec.data.joiner, None)
     order = window_order(len(windows), spec.micro_batches, spec.batch_size, spec.seed)
     steps = math.ceil(spec.micro_batches / spec.grad_accumulation)
     dtype = training_dtype(spec, device)
