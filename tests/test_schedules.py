@@ -125,3 +125,41 @@ def test_global_cannot_run_block_by_block():
     pools, _ = pools_for("mha")
     with pytest.raises(PrunelabError, match="schedule=uniform or schedule=explicit"):
         SCHEDULES.get("global")(ScheduleParams()).pool_targets(pools, LAYERS)
+
+
+@pytest.mark.parametrize("name", ["global", "uniform"])
+@pytest.mark.parametrize("head_groups", ["even", "whole"])
+def test_head_groups_keep_gqa_groups_even_or_whole(name, head_groups):
+    model = tiny_model("gqa", layers=LAYERS)
+    layers = adapter_for(model).layers
+    g = torch.Generator().manual_seed(5)
+    heads = [torch.randn(6, generator=g) for _ in layers]
+    channels = [torch.randn(layer.geometry.intermediate_size, generator=g) for layer in layers]
+    pools = build_pools(layers, heads, channels, head_groups=head_groups)
+    single = build_pools(layers, heads, channels)
+    assert [p.total_cost for p in pools] == pytest.approx([p.total_cost for p in single])
+    allocation = SCHEDULES.get(name)(ScheduleParams(ratio=0.5)).allocate(pools, LAYERS)
+    cut = 0
+    for pool, units in zip(pools, allocation.removed):
+        if pool.module != "attention":
+            continue
+        gone = pool.removed_indices(units)
+        per_group = [len(gone & {h for h in range(6) if h // 3 == kv}) for kv in range(2)]
+        if head_groups == "even":
+            assert per_group[0] == per_group[1]
+        else:
+            assert set(per_group) <= {0, 3}
+        cut += len(gone)
+    assert cut > 0
+    assert abs(removed_cost(pools, allocation.removed) - sum(allocation.budgets.values())) \
+        <= largest_unit(pools)
+
+
+def test_even_units_pair_the_lowest_heads_of_each_group():
+    model = tiny_model("gqa", layers=1)
+    layer = adapter_for(model).layers[0]
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.8, 0.2])  # group 0: heads 0-2, group 1: 3-5
+    pool = build_pools([layer], [scores], [torch.zeros(40)], head_groups="even")[0]
+    assert pool.members == [[1, 5], [0, 3], [2, 4]]
+    assert pool.scores.tolist() == pytest.approx([0.15, 0.4, 0.85])
+    assert pool.removed_indices([pool.order[0]]) == {1, 5}

@@ -208,7 +208,8 @@ class _Stage:
 
         def on_layer(index: int, layer: LayerAdapter, stats: LayerStats) -> None:
             scores = checked_unit_scores(self.method, index, layer, stats, comparable=False)
-            pools = build_pools([layer], [scores.heads], [scores.channels], cost_model)
+            pools = build_pools([layer], [scores.heads], [scores.channels], cost_model,
+                                head_groups=schedule.params.head_groups)
             pool_targets = [next(target_iter) for _ in pools]
             totals["target"] += sum(t * p.total_cost for t, p in zip(pool_targets, pools))
             priorities = [fill_priorities(p, t * p.total_cost)
@@ -216,7 +217,7 @@ class _Stage:
             chosen, cost = select(pools, priorities, totals["target"] - totals["removed"],
                                   [schedule.floor(p) for p in pools], repr(schedule.params))
             totals["removed"] += cost
-            gone = {p.module: set(units) for p, units in zip(pools, chosen)}
+            gone = {p.module: p.removed_indices(units) for p, units in zip(pools, chosen)}
             removed.append(gone)
             g = layer.geometry
             mask_block(layer, LayerPlan.from_removed(g.num_heads, g.intermediate_size, gone))
@@ -306,7 +307,7 @@ class _Stage:
         scores = [checked_unit_scores(self.method, i, layer, stats[i], comparable)
                   for i, layer in enumerate(layers)]
         pools = build_pools(layers, [s.heads for s in scores], [s.channels for s in scores],
-                            cost_model, modules)
+                            cost_model, modules, self.schedule.params.head_groups)
         allocation = self.schedule.allocate(pools, len(layers))
         removed = _removed_per_layer(pools, allocation.removed, len(layers))
         return (removed, sum(allocation.budgets.values()),
@@ -396,7 +397,7 @@ def _removed_per_layer(pools: list[Pool], removed: list[list[int]],
                        num_layers: int) -> Removed:
     per_layer: Removed = [{} for _ in range(num_layers)]
     for pool, units in zip(pools, removed):
-        per_layer[pool.layer][pool.module] = set(units)
+        per_layer[pool.layer][pool.module] = pool.removed_indices(units)
     return per_layer
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, final
 
 from prunelab.errors import PrunelabError
-from prunelab.schedules.pools import ATTENTION, MLP, Pool
+from prunelab.schedules.pools import ATTENTION, HEAD_GROUPS, MLP, Pool
 
 
 @dataclass
@@ -32,6 +32,9 @@ class ScheduleParams:
     protect_last: int = 0  # blocks at the end that are never pruned
     min_heads: int = 0  # floor: query heads every pruned block keeps
     min_channels: int = 0  # floor: MLP channels every pruned block keeps
+    #: attention units: single query heads, one head per KV head together (groups stay even,
+    #: llama.cpp needs no padding), or whole KV groups (schedules/pools.py)
+    head_groups: Literal["any", "even", "whole"] = "any"
 
     def check(self) -> list[str]:
         problems = []
@@ -42,6 +45,9 @@ class ScheduleParams:
         for name in ("protect_first", "protect_last", "min_heads", "min_channels"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if self.head_groups not in HEAD_GROUPS:
+            problems.append(f"head_groups must be one of {', '.join(HEAD_GROUPS)}, "
+                            f"got {self.head_groups!r}")
         if self.target_seqlen < 1 or self.target_batch < 1:
             problems.append("target_seqlen and target_batch must be >= 1")
         return problems
@@ -97,7 +103,7 @@ class Schedule(ABC):
     def floor(self, pool: Pool) -> int:
         """Units of ``pool`` that must be kept (``min_heads`` / ``min_channels``)."""
         floor = self.params.min_heads if pool.module == ATTENTION else self.params.min_channels
-        return min(floor, pool.size)
+        return min(pool.units_for(floor), pool.size)
 
     def pool_targets(self, pools: list[Pool], num_layers: int) -> list[float]:
         """Fraction of each pool to remove, for block-by-block (sequential) allocation."""

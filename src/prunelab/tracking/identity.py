@@ -26,6 +26,8 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     kept = {k: copy.deepcopy(v) for k, v in config.items() if k not in _NOT_RESULT_CHANGING}
     if (kept.get("recovery") or {}).get("name", "none") == "none":
         kept.pop("recovery", None)  # no training: the same job as before recovery existed
+    if (kept.get("schedule") or {}).get("head_groups", "any") == "any":
+        kept.get("schedule", {}).pop("head_groups", None)  # as before the option existed
     name = config.get("method", {}).get("name")
     if name in METHODS:
         method = METHODS.get(name)
