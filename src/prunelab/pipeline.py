@@ -36,6 +36,7 @@ from prunelab.eval.zeroshot import evaluate_zero_shot
 from prunelab.meter import PhaseMeter, process_peak_rss_bytes
 from prunelab.models.adapters import adapter_for
 from prunelab.models.loading import LoadedModel, load_model
+from prunelab.models.plan import SOURCE_FIELD
 from prunelab.models.surgery import save_pruned
 from prunelab.record import (
     RESULTS_FILE,
@@ -366,7 +367,8 @@ def _save_model(loaded: LoadedModel, outcome, folder: Path) -> None:
             loaded.model.save_pretrained(staging)
             loaded.tokenizer.save_pretrained(staging)
     else:
-        save_pruned(loaded.model, loaded.tokenizer, folder, outcome.plan)
+        save_pruned(loaded.model, loaded.tokenizer, folder, outcome.plan,
+                    record={SOURCE_FIELD: loaded.source})
     log.info("Model saved to %s", folder)
 
 

@@ -12,8 +12,9 @@ LAYOUTS = {
 }
 
 
-def tiny_model(layout: str, layers: int = 3, hidden: int = 48, ffn: int = 40, seed: int = 0):
-    """A random model in eval mode (byte vocabulary)."""
+def tiny_model(layout: str, layers: int = 3, hidden: int = 48, ffn: int = 40, seed: int = 0,
+               init_std: float = 0.02):
+    """A random model in eval mode (byte vocabulary); a larger ``init_std`` gives larger logits."""
     fields = {"hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
-              "max_position_embeddings": 256, **LAYOUTS[layout]}
+              "max_position_embeddings": 256, "initializer_range": init_std, **LAYOUTS[layout]}
     return random_model(fields, seed=seed).eval()

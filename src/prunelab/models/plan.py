@@ -12,6 +12,8 @@ import torch
 
 #: The plan saved beside a pruned model (its kept heads and channels, and job details).
 PLAN_FILE = "pruning_plan.json"
+#: The plan file's field naming the model the pruned one was cut from (its loading source).
+SOURCE_FIELD = "source_model"
 
 
 @dataclass
