@@ -99,12 +99,14 @@ class LlamaCppTimer:
         self.lib.llama_model_free(self.model)
 
 
-def pruned_model(entry: str, out: Path):
+def pruned_model(entry: str, out: Path, samples: dict[str, int]):
     """``dense`` or ``method:ratio``: the loaded (and pruned) SmolLM2."""
     method, _, ratio = entry.partition(":")
     overrides = ["model=smollm2_135m", f"method={method}", "logger=none", "model.device=cpu"]
     if ratio:
         overrides.append(f"schedule.ratio={ratio}")
+    if method in samples:
+        overrides.append(f"calibration.nsamples={samples[method]}")
     run = validate(compose_job(overrides, out))
     loaded = load_model(run.model, run.paths.cache_dir)
     pruning.prune(METHODS.get(method)(run.method.params), loaded, run)
@@ -120,8 +122,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt", type=int, default=64, help="decode prompt length")
     parser.add_argument("--decode", type=int, default=64, help="timed decode steps")
+    parser.add_argument("--samples", nargs="*", default=["interaction=32"],
+                        metavar="METHOD=N", help="calibration windows of a method (default: "
+                        "interaction=32; its module-removal scores cost one pass per sub-layer)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_llamacpp")
     args = parser.parse_args()
+    samples = {k: int(v) for k, v in (item.split("=", 1) for item in args.samples)}
     configure_logging()
     torch.set_num_threads(args.threads)
     shapes = {"1x512": (1, 512), "8x128": (8, 128)}
@@ -135,7 +141,7 @@ def main() -> None:
 
     models, timers = {}, {}
     for entry in args.models:
-        loaded = pruned_model(entry, args.out / "jobs")
+        loaded = pruned_model(entry, args.out / "jobs", samples)
         torch_speed = measure_speed(loaded.model, loaded.adapter, spec, loaded.device, 49152)
         models[entry] = {
             "macs": {k: macs_per_token(loaded.adapter, c)["total"] for k, c in contexts.items()},

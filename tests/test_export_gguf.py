@@ -188,9 +188,10 @@ def test_dense_llama_exports_too_and_quantised_types_run(tmp_path):
 
 @needs_llama_cpp
 @pytest.mark.integration
-def test_pruned_smollm2_in_llama_cpp_matches_prunelab_perplexity(smollm2, tmp_path):
+def test_pruned_smollm2_in_llama_cpp_matches_prunelab(smollm2, tmp_path, data_dir):
     """A pruned SmolLM2 (uneven groups, removed sub-layers) exported with its own tokenizer:
-    PTB perplexity on the same windows within 0.1%, and llama.cpp's tokenizer agrees."""
+    PTB and WikiText2 perplexity on the same windows within 0.1%, logits within 1e-2, and
+    llama.cpp's tokenizer gives prunelab's token ids."""
     from prunelab.data.corpora import load_corpus
     from prunelab.eval.perplexity import evaluation_windows, perplexity
     from prunelab.export.llamacpp import logits as llama_cpp_logits_of
@@ -209,12 +210,13 @@ def test_pruned_smollm2_in_llama_cpp_matches_prunelab_perplexity(smollm2, tmp_pa
     source = smollm2.source.removeprefix("gguf:")
     path = tmp_path / "smollm2.gguf"
     export_gguf(adapter_for(model), path, "f32", vocab_gguf=source)
-    corpus = load_corpus("ptb", "test", None)
-    windows = evaluation_windows(corpus, smollm2.tokenizer, 128, "\n\n", max_windows=4)
-    ours = perplexity(model, windows, batch_size=4, device=torch.device("cpu"))["ppl"]
     llm = open_gguf(path, n_ctx=128)
-    theirs = llama_cpp_perplexity(llm, windows.numpy())
-    assert math.isfinite(theirs) and abs(theirs / ours - 1) <= 1e-3
+    for dataset, folder in (("ptb", None), ("wikitext2", data_dir)):
+        corpus = load_corpus(dataset, "test", folder)
+        windows = evaluation_windows(corpus, smollm2.tokenizer, 128, "\n\n", max_windows=3)
+        ours = perplexity(model, windows, batch_size=3, device=torch.device("cpu"))["ppl"]
+        theirs = llama_cpp_perplexity(llm, windows.numpy())
+        assert math.isfinite(theirs) and abs(theirs / ours - 1) <= 1e-3, dataset
     ids = windows[0].tolist()
     ours_logits, theirs_logits = torch_logits(model, ids), llama_cpp_logits_of(llm, ids)
     assert np.abs(ours_logits - theirs_logits).max() <= 1e-2
@@ -222,6 +224,7 @@ def test_pruned_smollm2_in_llama_cpp_matches_prunelab_perplexity(smollm2, tmp_pa
     text = "The quick brown fox jumps over the lazy dog."
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == \
         smollm2.tokenizer(text, add_special_tokens=False)["input_ids"]
+
 
 
 def test_a_saved_job_folder_exports_and_names_its_tokenizer_source(make_cfg, tmp_path):
