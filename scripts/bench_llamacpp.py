@@ -1,12 +1,14 @@
 """Speed of pruned SmolLM2 in llama.cpp, next to the MAC limit and PyTorch's speed-up.
 
-Dense and pruned SmolLM2-135M (embedded, offline; each ``--models`` entry is ``dense`` or
-``method:ratio``, pruned by prunelab with its default config, calibration from the cache after
-the first run) are exported to GGUF (``--types``, default f32 and q4_k_m) and timed in
-llama.cpp on ``--threads`` threads: prefill of 1 x 512 and 8 x 128 tokens (logits for every
-token, as perplexity needs them and as prunelab's MAC count prices), and ``--decode`` greedy
-single-token steps after a ``--prompt``-token prompt. Every repeat times every GGUF once per
-shape (interleaved), so machine noise hits all models alike; medians over ``--repeats``.
+Dense and pruned SmolLM2-135M (embedded, offline) are exported to GGUF (``--types``, default
+f32 and q4_k_m) and timed in llama.cpp on ``--threads`` threads: prefill of 1 x 512 and
+8 x 128 tokens (logits for every token, as perplexity needs them and as prunelab's MAC count
+prices), and ``--decode`` single-token steps after a ``--prompt``-token prompt. Every repeat
+times every GGUF once per shape (interleaved), so machine noise hits all models alike;
+medians over ``--repeats``. Each ``--models`` entry is ``dense`` or ``method:ratio``, pruned
+with the method's default config (calibration from the cache after the first run);
+``--samples`` shortens a method's calibration, by default the interaction method's to 32
+windows, since its module-removal scores cost one model pass per sub-layer.
 
 The limit is the MAC ratio of the pruned geometry (dense MACs / pruned MACs per token at the
 shape's mean context, LM head included); efficiency = measured speed-up / MAC speed-up. The
@@ -54,6 +56,7 @@ class LlamaCppTimer:
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ctx, n_ctx
         params.n_seq_max, params.n_threads, params.n_threads_batch = n_seq, threads, threads
+        params.kv_unified = True  # one cache for all sequences: 1 x 512 and 8 x 128 both fit
         self.ctx = lib.llama_init_from_model(self.model, params)
         if not self.model or not self.ctx:
             raise RuntimeError(f"llama.cpp could not load {path}")
