@@ -191,6 +191,7 @@ def main() -> None:
                          "spread": [tokens[name] / max(seconds), tokens[name] / min(seconds)],
                          "speedup": speedup, "mac_speedup": limit,
                          "efficiency": speedup / limit if limit != 1 else None,
+                         "torch_tokens_per_s": torch_rate,
                          "torch_speedup": torch_rate / torch_dense}
         rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
