@@ -176,13 +176,18 @@ def test_dense_llama_exports_too_and_quantised_types_run(tmp_path):
     model = tiny_model("gqa", hidden=96, ffn=64, init_std=0.2)
     ids = list(range(5, 45))
     ours = torch_logits(model, ids)
-    for kind in ("f32", "f16", "q8_0"):
+    scale = float(np.abs(ours).max())
+    # f32 is exact to llama.cpp's arithmetic; f16 and q8_0 round (measured: 0.5% and 9% of
+    # the largest logit on this model)
+    bounds = {"f32": 1e-2, "f16": 0.01 * scale, "q8_0": 0.15 * scale}
+    errors = {}
+    for kind, bound in bounds.items():
         path = tmp_path / f"m-{kind}.gguf"
         export_gguf(adapter_for(model), path, kind)
-        theirs = llama_cpp_logits(path, ids)
-        bound = 1e-2 if kind == "f32" else 0.3
-        assert np.abs(ours - theirs).max() <= bound, kind
-    sizes = {k: (tmp_path / f"m-{k}.gguf").stat().st_size for k in ("f32", "f16", "q8_0")}
+        errors[kind] = float(np.abs(ours - llama_cpp_logits(path, ids)).max())
+        assert errors[kind] <= bound, kind
+    assert errors["f32"] < errors["f16"] < errors["q8_0"]
+    sizes = {k: (tmp_path / f"m-{k}.gguf").stat().st_size for k in bounds}
     assert sizes["f32"] > sizes["f16"] > sizes["q8_0"]
 
 
