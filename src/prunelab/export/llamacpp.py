@@ -19,7 +19,7 @@ from prunelab.errors import PrunelabError
 #: The llama-cpp-python release the export is tested with (it vendors the deci graph).
 LLAMA_CPP_SPEC = "llama-cpp-python==0.3.36"
 INSTALL_HINT = (f"pip install '{LLAMA_CPP_SPEC}' (it builds llama.cpp from source with cmake and "
-                "a C++ compiler: about 25 minutes on 2 cores), or bash scripts/setup.sh "
+                "a C++ compiler: about 10 minutes on 2 cores), or bash scripts/setup.sh "
                 "--llama-cpp")
 #: llama.cpp's ``LLAMA_FTYPE_*`` of the quantised types (llama.h)
 FTYPES = {"q8_0": 7, "q4_k_m": 15}
