@@ -3,10 +3,11 @@
 One process, SmolLM2-135M (embedded, offline), pruned by FLAP at each ``--ratios`` (from the
 statistics cache after the first run). Four kinds of training step are timed, interleaved
 repeat by repeat (dense full, dense LoRA, pruned full, pruned LoRA at each ratio), so machine
-noise hits all of them alike: forward, next-token loss, backward, gradient clipping, AdamW
-(recovery's step; "full" trains every weight but the embedding, "LoRA" the rank-8 adapters of
-the seven projections). Each repeat times ``--steps`` steps after one warm-up step. The
-floor: a pruned model trains faster per token than the dense one.
+noise hits all of them alike, each with recovery's own ``training_step`` (forward,
+next-token loss, backward, gradient clipping, AdamW; "full" trains every weight but the
+embedding, "LoRA" the rank-8 adapters of the seven projections). Each repeat times
+``--steps`` steps after one warm-up step. The floor: a pruned model trains faster per token
+than the dense one.
 
     .venv/bin/python scripts/bench_recovery.py                       # ~8 min on 2 CPU cores
     .venv/bin/python scripts/bench_recovery.py --ratios 0.2 0.5 --repeats 5
@@ -18,6 +19,7 @@ writes it with every timing as JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -29,40 +31,31 @@ import torch
 from prunelab import pruning
 from prunelab.cli import configure_logging
 from prunelab.config.compose import compose_job
-from prunelab.config.schema import LoraSpec, validate
+from prunelab.config.schema import RecoveryConfig, validate
 from prunelab.data.corpora import load_corpus
 from prunelab.eval.perplexity import evaluation_windows
 from prunelab.methods import PruningMethod
 from prunelab.models.loading import load_model
-from prunelab.recovery.lora import attach_lora
-from prunelab.recovery.losses import next_token_loss
+from prunelab.recovery.trainer import make_trainable, training_step
 from prunelab.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class Trainer:
-    """One model with its optimizer, timed a few steps at a time."""
+    """One model with its optimizer, timed a few of recovery's training steps at a time."""
 
     def __init__(self, name: str, model: torch.nn.Module, lora: bool, params: int):
         self.name, self.params = name, params
-        embedding = model.get_input_embeddings().weight
-        if lora:
-            model = attach_lora(model, LoraSpec())
-        else:
-            for p in model.parameters():
-                p.requires_grad_(p is not embedding)
-        self.model = model.train()
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=1e-5)
+        self.spec = RecoveryConfig(name="lora", train="lora" if lora else "full")
+        self.model = make_trainable(model, self.spec).train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.spec.lr)
         self.times: list[float] = []
 
     def step(self, ids: torch.Tensor) -> None:
-        loss = next_token_loss(self.model(input_ids=ids, use_cache=False).logits, ids)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        training_step(self.model, None, [ids], self.spec, self.optimizer,
+                      contextlib.nullcontext())
 
     def timed(self, batches: list[torch.Tensor]) -> None:
         self.step(batches[0])  # warm-up

@@ -25,6 +25,7 @@ from prunelab.recovery.data import window_order
 from prunelab.recovery.lora import attach_lora, merge_lora
 from prunelab.recovery.losses import distillation_loss
 from prunelab.recovery.trainer import recover
+from prunelab.tracking.plots import running_mean
 from prunelab.tracking.tables import build_table
 from tests.helpers.records import record
 from tests.helpers.tiny import tiny_model
@@ -54,7 +55,6 @@ def test_merged_model_equals_the_unmerged_peft_model():
         merged = merged_model(input_ids=ids).logits
     assert not any("lora" in name for name, _ in merged_model.named_parameters())
     assert torch.allclose(merged, unmerged, atol=1e-5)
-    assert all(p.requires_grad for p in merged_model.parameters())
 
 
 def test_distillation_loss_equals_a_hand_computation():
@@ -73,6 +73,12 @@ def test_distillation_loss_equals_a_hand_computation():
     assert distillation_loss(student, teacher, temperature).item() == pytest.approx(expected,
                                                                                      rel=1e-6)
     assert distillation_loss(teacher, teacher, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_loss_curve_running_mean_by_hand():
+    assert running_mean([4.0, 2.0, 6.0, 0.0, 1.0], 3) == pytest.approx(
+        [4.0, 3.0, 4.0, 8 / 3, 7 / 3])
+    assert running_mean([1.0, 5.0], 1) == [1.0, 5.0]
 
 
 def test_window_order_is_a_seeded_permutation_per_epoch():
@@ -103,6 +109,8 @@ def test_loss_falls_over_30_steps(data_dir, tmp_path):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.1, (first, last)
     assert outcome.tokens == 30 * 4 * 32
+    assert not any("lora" in name for name, _ in outcome.model.named_parameters())
+    assert all(p.requires_grad for p in outcome.model.parameters())  # as pruning left it
 
 
 def test_full_training_leaves_the_embedding_and_trains_the_rest(data_dir, tmp_path):
@@ -118,6 +126,7 @@ def test_full_training_leaves_the_embedding_and_trains_the_rest(data_dir, tmp_pa
                            before["model.layers.0.mlp.down_proj.weight"])
     assert outcome.trainable_parameters == sum(
         p.numel() for n, p in before.items() if n != "model.embed_tokens.weight")
+    assert all(p.requires_grad for p in outcome.model.parameters())
 
 
 def test_recovery_keeps_plan_and_parameters_and_the_saved_model_reloads_exactly(
@@ -129,6 +138,9 @@ def test_recovery_keeps_plan_and_parameters_and_the_saved_model_reloads_exactly(
     assert len(rec.loss) == rec.optimizer_steps == 8 and rec.resumed_from_step is None
     assert rec.before.perplexity["wikitext2"].ppl != result.metrics.perplexity["wikitext2"].ppl
     assert (tmp_path / "job" / "recovery_loss.png").is_file()
+    parts = result.evaluation.parts_s  # both evaluations are timed
+    assert {"perplexity", "perplexity_before_recovery"} <= parts.keys()
+    assert result.evaluation.wall_time_s == pytest.approx(sum(parts.values()))
     assert not (tmp_path / "job" / CHECKPOINT_FILE).exists()  # removed once training finished
     # the same pruning without recovery: same plan, same parameter counts, same "before"
     unrecovered = pipeline.run(_job(make_cfg, tmp_path, name="plain"))

@@ -178,14 +178,15 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     layers_after = _layer_sizes(loaded)
     if outcome.plan is not None:
         _plot_pruning(run_cfg, outcome, layers_before, layers_after, out_dir, logger)
-    recovery = None
+    recovery, parts_before = None, {}
     if run_cfg.recovery.enabled:
-        recovery = _recover(run_cfg, loaded, job["fingerprint"], out_dir, logger)
+        recovery, parts_before = _recover(run_cfg, loaded, job["fingerprint"], out_dir, logger)
         if _parameter_counts(loaded) != after or _layer_sizes(loaded) != layers_after:
             raise RuntimeError("recovery changed the pruned geometry; it must only train")
     if run_cfg.save_model:
         _save_model(loaded, outcome, out_dir / "model")
     metrics, parts = _evaluate(run_cfg, loaded)
+    parts |= {f"{part}_before_recovery": seconds for part, seconds in parts_before.items()}
 
     record = ResultsRecord(
         job=JobInfo(**job, output_dir=str(out_dir), started_at=started, finished_at=_now()),
@@ -252,10 +253,13 @@ def _check_teacher(run_cfg: RunConfig, loaded: LoadedModel) -> None:
 
 
 def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir: Path,
-             logger: WandbLogger) -> RecoveryInfo:
-    """Evaluate the pruned model, train it (recovery/), and report both."""
+             logger: WandbLogger) -> tuple[RecoveryInfo, dict[str, float]]:
+    """Evaluate the pruned model, train it (recovery/), and report both.
+
+    Also returns the time each part of the evaluation before training took.
+    """
     spec = run_cfg.recovery
-    before, _ = _evaluate(run_cfg, loaded, speed=False)
+    before, parts_before = _evaluate(run_cfg, loaded, speed=False)
     teacher = teacher_bytes = None
     if spec.name == "distill":
         try:
@@ -285,7 +289,7 @@ def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir:
     logger.log_image("recovery_loss", curve)
     log.info("Recovery: %d tokens in %.0f s (%.0f tokens/s), final loss %.4f", trained.tokens,
              trained.wall_time_s, trained.tokens_per_s, trained.final_loss)
-    return RecoveryInfo(
+    info = RecoveryInfo(
         name=spec.name, train=spec.train, dtype=trained.dtype,
         data=dataclasses.asdict(spec.data), allow_eval_overlap=spec.allow_eval_overlap,
         tokens=trained.tokens, micro_batches=trained.micro_batches,
@@ -296,6 +300,7 @@ def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir:
         teacher_memory_bytes=teacher_bytes, loss=trained.losses,
         final_loss=trained.final_loss, resumed_from_step=trained.resumed_from_step,
         before=before)
+    return info, parts_before
 
 
 def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True

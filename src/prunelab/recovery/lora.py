@@ -29,9 +29,7 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
 def merge_lora(peft_model: PeftModel) -> nn.Module:
     """The base model with the adapters folded into its weights.
 
-    Every parameter is trainable again, as before :func:`attach_lora` froze it.
+    Parameters stay frozen where :func:`attach_lora` froze them: the caller decides what is
+    trainable next.
     """
-    merged = peft_model.merge_and_unload()
-    for parameter in merged.parameters():
-        parameter.requires_grad_(True)
-    return merged
+    return peft_model.merge_and_unload()

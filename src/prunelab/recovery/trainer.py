@@ -97,7 +97,7 @@ def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.dev
     dtype = training_dtype(spec, device)
 
     torch.manual_seed(spec.seed)  # LoRA's initial A matrices, then dropout
-    student = attach_lora(model, spec.lora) if spec.train == "lora" else _unfreeze(model)
+    student = make_trainable(model, spec)
     trainable = {name: p for name, p in student.named_parameters() if p.requires_grad}
     if spec.gradient_checkpointing:
         student.gradient_checkpointing_enable(
@@ -129,18 +129,9 @@ def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.dev
     for step in bar:
         micro = range(step * spec.grad_accumulation,
                       min((step + 1) * spec.grad_accumulation, spec.micro_batches))
-        step_loss = 0.0
-        for k in micro:
-            ids = windows[order[k]].to(device)
-            with autocast:
-                loss = _loss(student, teacher, ids, spec)
-            (loss / len(micro)).backward()
-            step_loss += loss.item() / len(micro)
-        if spec.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable.values(), spec.max_grad_norm)
-        optimizer.step()
+        step_loss = training_step(student, teacher, [windows[order[k]].to(device) for k in micro],
+                                  spec, optimizer, autocast)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if on_step is not None:
@@ -155,12 +146,8 @@ def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.dev
     student.eval()
     if spec.gradient_checkpointing:
         student.gradient_checkpointing_disable()
-    if spec.train == "lora":
-        trained = merge_lora(student)
-    else:
-        trained = student
-        for parameter in trained.parameters():
-            parameter.requires_grad_(True)
+    trained = merge_lora(student) if spec.train == "lora" else student
+    trained.requires_grad_(True)  # as the pruning stage left it
     remove_checkpoint(checkpoint_dir)
     tokens = spec.micro_batches * spec.batch_size * spec.seqlen
     done = spec.micro_batches - start_step * spec.grad_accumulation
@@ -174,6 +161,42 @@ def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.dev
         losses=losses, resumed_from_step=start_step or None)
 
 
+def make_trainable(model: nn.Module, spec: RecoveryConfig) -> nn.Module:
+    """``model`` ready to train as ``spec.train`` says.
+
+    ``lora``: LoRA adapters, the rest frozen; ``full``: every parameter but the input
+    embedding (and an LM head tied to it).
+    """
+    if spec.train == "lora":
+        return attach_lora(model, spec.lora)
+    embedding = model.get_input_embeddings().weight
+    for parameter in model.parameters():
+        parameter.requires_grad_(parameter is not embedding)
+    return model
+
+
+def training_step(student: nn.Module, teacher: nn.Module | None,
+                  micro_batches: list[torch.Tensor], spec: RecoveryConfig,
+                  optimizer: torch.optim.Optimizer,
+                  autocast: contextlib.AbstractContextManager) -> float:
+    """One optimizer step of recovery over ``micro_batches`` (gradients accumulated); its loss.
+
+    The learning-rate schedule is the caller's: the training benchmark times this step alone.
+    """
+    step_loss = 0.0
+    for ids in micro_batches:
+        with autocast:
+            loss = _loss(student, teacher, ids, spec)
+        (loss / len(micro_batches)).backward()
+        step_loss += loss.item() / len(micro_batches)
+    if spec.max_grad_norm > 0:
+        trainable = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
 def _loss(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor,
           spec: RecoveryConfig) -> torch.Tensor:
     logits = student(input_ids=ids, use_cache=False).logits
@@ -185,11 +208,3 @@ def _loss(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor,
     if spec.lm_weight:
         loss = loss + spec.lm_weight * next_token_loss(logits, ids)
     return loss
-
-
-def _unfreeze(model: nn.Module) -> nn.Module:
-    """Every parameter trainable except the input embedding (and an LM head tied to it)."""
-    embedding = model.get_input_embeddings().weight
-    for parameter in model.parameters():
-        parameter.requires_grad_(parameter is not embedding)
-    return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -79,15 +80,20 @@ def plot_module_allocation(blocks: list[dict], layers_before: list[LayerSizes], 
     return _save(fig, path)
 
 
+def running_mean(values: list[float], width: int) -> list[float]:
+    """Mean of each value and the ``width - 1`` before it (fewer at the start)."""
+    sums = [0.0, *itertools.accumulate(values)]
+    return [(sums[i + 1] - sums[max(0, i + 1 - width)]) / min(width, i + 1)
+            for i in range(len(values))]
+
+
 def plot_loss_curve(losses: list[float], title: str, path: Path) -> Path:
     """Training loss per optimizer step, with a running mean over a tenth of the steps."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = range(1, len(losses) + 1)
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="step")
     width = max(1, len(losses) // 10)
-    running = [sum(losses[max(0, i - width + 1):i + 1]) / len(losses[max(0, i - width + 1):i + 1])
-               for i in range(len(losses))]
-    ax.plot(steps, running, lw=1.6, label=f"mean of {width}")
+    ax.plot(steps, running_mean(losses, width), lw=1.6, label=f"mean of {width}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)
