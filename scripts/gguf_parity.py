@@ -23,14 +23,12 @@ import numpy as np
 import torch
 
 from prunelab.cli import configure_logging
-from prunelab.config.schema import ModelConfig
 from prunelab.data.corpora import load_corpus
 from prunelab.eval.perplexity import evaluation_windows, perplexity
-from prunelab.export import TENSOR_TYPES
-from prunelab.export.folder import export_folder
+from prunelab.export import TENSOR_TYPES, export_gguf
+from prunelab.export.folder import load_folder, vocab_source
 from prunelab.export.llamacpp import logits, open_gguf
 from prunelab.export.llamacpp import perplexity as llama_cpp_perplexity
-from prunelab.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The default suite's perplexity texts: dataset, split, joiner.
@@ -51,8 +49,8 @@ def main() -> None:
                         help="the shared data folder ($PRUNELAB_DATA_DIR wins when set)")
     args = parser.parse_args()
     configure_logging()
-    loaded = load_model(ModelConfig(name=args.folder.name, source="local",
-                                    path=str(args.folder), device="cpu"), cache_dir=None)
+    vocab = vocab_source(args.folder)
+    loaded = load_folder(args.folder)
     windows = {}
     for name, (dataset, split, joiner) in TEXTS.items():
         corpus = load_corpus(dataset, split, args.data_dir)
@@ -66,7 +64,7 @@ def main() -> None:
     rows = []
     for kind in args.types:
         path = args.out / f"{args.folder.name}-{kind}.gguf"
-        report = export_folder(args.folder, path, kind)
+        report = export_gguf(loaded.adapter, path, kind, vocab, name=args.folder.name)
         llm = open_gguf(path, n_ctx=args.seqlen, threads=args.threads,
                         f32_cache=not args.f16_cache)
         start = time.perf_counter()

@@ -93,12 +93,22 @@ def even_groups(kv_map: list[int], hidden: int, head_dim: int, context: float) -
 class DeciLayer:
     """What one layer becomes in the GGUF."""
 
-    n_head: int
-    n_head_kv: int
-    n_ff: int
     layout: GroupLayout | None  # None: the attention is absent (n_head = 0)
-    zero_head: bool  # layer 0 kept one zero head for a removed attention (identity 3)
+    n_ff: int
     zero_mlp: bool  # a 1-wide zero MLP stands in for a removed one (identity 2)
+
+    @property
+    def n_head(self) -> int:
+        return 0 if self.layout is None else len(self.layout.query_heads)
+
+    @property
+    def n_head_kv(self) -> int:
+        return 0 if self.layout is None else len(self.layout.kv_heads)
+
+    @property
+    def zero_head(self) -> bool:
+        """Layer 0 kept one zero head for a removed attention (identity 3)."""
+        return self.layout is not None and self.layout.padding_heads == self.n_head
 
 
 @dataclass
@@ -183,36 +193,30 @@ def deci_model(adapter: ModelAdapter, context: float = 512.0) -> DeciModel:
             out_bias = _add(_bias(layer.o_proj), attn_bias)
             if out_bias is not None:
                 tensors[prefix + "attn_output.bias"] = out_bias
-            geometry_attn = (len(layout.query_heads), len(layout.kv_heads), layout, False)
         elif index == 0:
             layout = GroupLayout((None,), (0,))
             tensors.update(_zero_head_tensors(prefix, hidden, head_dim))
             if attn_bias is not None:
                 tensors[prefix + "attn_output.bias"] = attn_bias
-            geometry_attn = (1, 1, layout, True)
         else:
+            layout = None
             if attn_bias is not None:  # identity 3: into the previous layer's output
                 down_bias[index - 1] = _add(down_bias[index - 1], attn_bias)
-            geometry_attn = (0, 0, None, False)
         mlp_bias = _compensation(layer, "mlp_out_bias")
         if layer.has_mlp:
             tensors.update(_mlp_tensors(prefix, layer))
             n_ff, zero_mlp = layer.down_proj.in_features, False
             down_bias.append(_add(_bias(layer.down_proj), mlp_bias))
         else:
-            tensors.update(_zero_mlp_tensors(prefix, hidden, layer_bias=_mlp_has_bias(config)))
+            layer_bias = bool(getattr(config, "mlp_bias", False))
+            tensors.update(_zero_mlp_tensors(prefix, hidden, layer_bias))
             n_ff, zero_mlp = 1, True
             down_bias.append(mlp_bias)
-        n_head, n_head_kv, layout, zero_head = geometry_attn
-        geometry.append(DeciLayer(n_head, n_head_kv, n_ff, layout, zero_head, zero_mlp))
+        geometry.append(DeciLayer(layout, n_ff, zero_mlp))
     for index, bias in enumerate(down_bias):
         if bias is not None:
             tensors[f"blk.{index}.ffn_down.bias"] = bias
     return DeciModel(geometry, tensors, head_dim, tied)
-
-
-def _mlp_has_bias(config) -> bool:
-    return bool(getattr(config, "mlp_bias", False))
 
 
 def _attention_tensors(prefix: str, layer: LayerAdapter, layout: GroupLayout,

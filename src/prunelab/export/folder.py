@@ -14,7 +14,7 @@ from pathlib import Path
 from prunelab.config.schema import ModelConfig
 from prunelab.errors import PrunelabError
 from prunelab.export.writer import ExportReport, export_gguf
-from prunelab.models.loading import CONVERSION_FILE, load_model
+from prunelab.models.loading import CONVERSION_FILE, LoadedModel, load_model
 from prunelab.models.plan import PLAN_FILE, SOURCE_FIELD
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,30 @@ def recorded_source_gguf(folder: Path) -> Path | None:
     return None
 
 
+def vocab_source(folder: Path, vocab_gguf: Path | None = None,
+                 no_vocab: bool = False) -> Path | None:
+    """The GGUF whose tokenizer the export of ``folder`` copies (``None`` with ``no_vocab``)."""
+    if vocab_gguf is not None or no_vocab:
+        return vocab_gguf
+    recorded = recorded_source_gguf(folder)
+    if recorded is None:
+        raise PrunelabError(
+            f"{folder} does not say which GGUF its tokenizer comes from. Pass --vocab-from "
+            "with a GGUF of the source model (llama.cpp's convert_hf_to_gguf.py makes one "
+            "from the Hugging Face folder), or --no-vocab for a file that runs on token ids.")
+    log.info("Tokenizer and chat template from %s", recorded)
+    return recorded
+
+
+def load_folder(folder: Path) -> LoadedModel:
+    """``folder``'s model on the CPU in float32, the precision the export reads."""
+    return load_model(ModelConfig(name=folder.name, source="local", path=str(folder),
+                                  device="cpu", dtype="float32"), cache_dir=None)
+
+
 def export_folder(folder: Path, out: Path, tensor_type: str = "f32",
                   vocab_gguf: Path | None = None, no_vocab: bool = False) -> ExportReport:
-    """Load ``folder`` on the CPU in float32 and write it to ``out`` (see ``export_gguf``)."""
+    """Load ``folder`` and write it to ``out`` (see ``export_gguf``)."""
     folder = Path(folder)
-    if vocab_gguf is None and not no_vocab:
-        vocab_gguf = recorded_source_gguf(folder)
-        if vocab_gguf is None:
-            raise PrunelabError(
-                f"{folder} does not say which GGUF its tokenizer comes from. Pass --vocab-from "
-                "with a GGUF of the source model (llama.cpp's convert_hf_to_gguf.py makes one "
-                "from the Hugging Face folder), or --no-vocab for a file that runs on token ids.")
-        log.info("Tokenizer and chat template from %s", vocab_gguf)
-    loaded = load_model(ModelConfig(name=folder.name, source="local", path=str(folder),
-                                    device="cpu", dtype="float32"), cache_dir=None)
-    return export_gguf(loaded.adapter, out, tensor_type, vocab_gguf, name=folder.name)
+    vocab = vocab_source(folder, vocab_gguf, no_vocab)
+    return export_gguf(load_folder(folder).adapter, out, tensor_type, vocab, name=folder.name)
