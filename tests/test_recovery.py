@@ -217,7 +217,7 @@ def test_distill_without_a_loadable_teacher_says_why(make_cfg, tmp_path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "load_model", second_load_fails)
-    with pytest.raises(PrunelabError, match="could not load the dense teacher.*No such file"):
+    with pytest.raises(PrunelabError, match="load the dense teacher.*No such file"):
         pipeline.run(_job(make_cfg, tmp_path, "recovery=distill", *SHORT))
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 
 from prunelab import pipeline
-from prunelab.config.schema import SpeedSpec, validate
+from prunelab.config.schema import SpeedSpec, job_container, validate
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.eval.speed import macs_per_token, measure_speed
 from prunelab.models.adapters import adapter_for
 from prunelab.models.plan import LayerPlan, PruningPlan
 from prunelab.models.surgery import prune_model
+from prunelab.tracking.identity import job_fingerprint
 from tests.helpers.tiny import tiny_model
 
 
@@ -74,3 +78,68 @@ def test_speed_grid_beyond_context(make_cfg):
 def test_bad_speed_grid(make_cfg):
     with pytest.raises(ConfigError, match=r"\[batch, seqlen\]"):
         validate(make_cfg("benchmark=speed", "benchmark.speed.grid=[[1]]"))
+
+
+def test_a_reference_is_timed_interleaved_and_gives_the_paired_speedup():
+    model, dense = tiny_model("mha"), tiny_model("mha", seed=1)
+    spec = SpeedSpec(grid=[[1, 16]], decode_tokens=3, decode_prompt=2, warmup=1, repeats=4,
+                     reference="dense")
+    result = measure_speed(model, adapter_for(model), spec, torch.device("cpu"), 257, dense)
+    for timing in (result["prefill"]["1x16"], result["decode"]):
+        reference = timing["reference"]["times_s"]
+        assert len(reference) == len(timing["times_s"]) == 4
+        ratios = [r / m for r, m in zip(reference, timing["times_s"])]
+        speedup = timing["speedup"]
+        assert speedup["ratio"] == pytest.approx(math.prod(ratios) ** (1 / 4))
+        assert speedup["low"] <= speedup["ratio"] <= speedup["high"]
+        assert speedup["repeats"] == 4 and speedup["confidence"] == 0.95
+    assert result["settings"]["reference"] == "dense"
+    alone = measure_speed(model, adapter_for(model), SpeedSpec(grid=[[1, 16]], repeats=2),
+                          torch.device("cpu"), 257)
+    assert "speedup" not in alone["prefill"]["1x16"]
+
+
+def test_a_pruned_job_records_its_speedup_over_dense(make_cfg, tmp_path):
+    overrides = ["model=tiny_llama", "benchmark=smoke", "calibration.nsamples=8",
+                 "logger=none", "+benchmark.speed={grid: [[1, 32]], decode_tokens: 3, "
+                 "repeats: 3, reference: dense}"]
+    pruned = pipeline.run(make_cfg(*overrides, "method=flap", output_dir=tmp_path / "flap"))
+    timing = pruned.metrics.speed.prefill["1x32"]
+    assert timing.speedup is not None and timing.reference is not None
+    assert pruned.metrics.speed.decode.speedup is not None
+    flat = pruned.flat_metrics()
+    assert flat["speed/prefill_1x32/speedup"] == timing.speedup.ratio
+    assert flat["speed/decode/speedup_low"] == pruned.metrics.speed.decode.speedup.low
+    dense = pipeline.run(make_cfg(*overrides, "method=dense", output_dir=tmp_path / "dense"))
+    assert dense.metrics.speed.prefill["1x32"].speedup is None  # nothing to compare with
+
+
+def test_reference_none_keeps_old_job_fingerprints(make_cfg):
+    config = job_container(make_cfg("benchmark=default"))
+    old = copy.deepcopy(config)
+    del old["benchmark"]["speed"]["reference"], old["benchmark"]["speed"]["confidence"]
+    assert job_fingerprint(config) == job_fingerprint(old)
+    paired = job_container(make_cfg("benchmark=default", "benchmark.speed.reference=dense"))
+    assert job_fingerprint(paired) != job_fingerprint(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["benchmark.speed.reference=dense", "benchmark.speed.repeats=1"], "repeats >= 2"),
+    (["benchmark.speed.confidence=1.5"], r"confidence must be in \(0, 1\)"),
+    (["benchmark.speed.reference=pruned"], "'pruned' is not one of none, dense"),
+])
+def test_bad_speed_reference_settings(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg("benchmark=speed", *overrides))
+
+
+def test_a_speed_reference_from_an_already_pruned_model_is_refused(make_cfg, tmp_path):
+    base = ["model=tiny_llama", "benchmark=smoke", "calibration.nsamples=8", "logger=none"]
+    pipeline.run(make_cfg(*base, "method=flap", "save_model=true",
+                          output_dir=tmp_path / "pruned"))
+    cfg = make_cfg(*base, "model=local", f"model.path={tmp_path / 'pruned' / 'model'}",
+                   "+model.trust_remote_code=true", "method=flap",
+                   "+benchmark.speed={grid: [[1, 16]], repeats: 2, reference: dense}",
+                   output_dir=tmp_path / "again")
+    with pytest.raises(PrunelabError, match="reference=dense needs the dense model as speed"):
+        pipeline.run(cfg)

@@ -268,3 +268,21 @@ def test_speed_columns_and_pareto_plot(tmp_path):
     assert plot_pareto(table, tmp_path / "pareto.png").is_file()
     without_speed = ResultTable("tiny", columns[:1], table.rows, {})
     assert plot_pareto(without_speed, tmp_path / "none.png") is None
+
+
+def test_speedups_show_with_their_intervals_in_tables_and_the_pareto_plot(tmp_path):
+    rows = [record("dense", 0.0, 10.0, 600.0, speedup=()),
+            record("flap", 0.5, 30.0, 350.0, speedup=(1.71, 1.6, 1.8)),
+            record("interaction", 0.5, 25.0, 300.0, speedup=(2.0, 1.9, 2.1))]
+    columns = columns_of(rows[0])  # the dense job: the columns come from its protocol
+    assert [(c.key, c.kind) for c in columns][-1] == ("speedup/prefill_1x512", "speedup")
+    assert values_of(rows[1])["speedup/prefill_1x512/low"] == 1.6
+    table = ResultTable("tiny", columns, [Row(r.method.name, r.ratio, values=values_of(r))
+                                          for r in rows], {})
+    header, dense, flap, _ = table.cells()
+    assert header[-1] == "Speed-up prefill 1x512 (95% CI)"
+    assert dense[-1] == MISSING and flap[-1] == "1.71x (1.60-1.80)"
+    csv_header = table.to_csv().splitlines()[0].split(",")
+    assert csv_header[-4:] == ["speedup/prefill_1x512", "speedup/prefill_1x512/low",
+                               "speedup/prefill_1x512/high", "failed"]
+    assert plot_pareto(table, tmp_path / "pareto.png").is_file()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from prunelab import pruning
 from prunelab.atomic import atomic_folder, write_json_atomic
@@ -164,7 +165,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
     load_time = time.perf_counter() - t0
     _check_context(run_cfg, loaded)
-    _check_teacher(run_cfg, loaded)
+    _check_dense_available(run_cfg, loaded)
     before = _parameter_counts(loaded)
     layers_before = _layer_sizes(loaded)
 
@@ -185,7 +186,7 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
             raise RuntimeError("recovery changed the pruned geometry; it must only train")
     if run_cfg.save_model:
         _save_model(loaded, outcome, out_dir / "model")
-    metrics, parts = _evaluate(run_cfg, loaded)
+    metrics, parts = _evaluate(run_cfg, loaded, prunes=method.prunes())
     parts |= {f"{part}_before_recovery": seconds for part, seconds in parts_before.items()}
 
     record = ResultsRecord(
@@ -236,20 +237,40 @@ def _plot_pruning(run_cfg: RunConfig, outcome: pruning.PruningOutcome,
         logger.log_image("modules", plot)
 
 
-def _check_teacher(run_cfg: RunConfig, loaded: LoadedModel) -> None:
-    """Refuse distillation up front when the job's model cannot be the dense teacher."""
-    if run_cfg.recovery.name != "distill":
-        return
-    if not METHODS.get(run_cfg.method.name).prunes():
+def _check_dense_available(run_cfg: RunConfig, loaded: LoadedModel) -> None:
+    """Refuse up front what needs the dense model when the job's model is already pruned.
+
+    Distillation's teacher and the speed reference are the dense model, loaded once more.
+    """
+    prunes = METHODS.get(run_cfg.method.name).prunes()
+    if run_cfg.recovery.name == "distill" and not prunes:
         log.warning("recovery=distill of method=%s: the student is the teacher, so the KL "
                     "term is zero and only lm_weight (%s) trains it", run_cfg.method.name,
                     run_cfg.recovery.lm_weight)
-    if loaded.model.config.model_type.startswith("prunelab"):
+    speed = run_cfg.benchmark.speed
+    needs = []
+    if run_cfg.recovery.name == "distill":
+        needs.append(("recovery=distill", "teacher", "recovery=lora"))
+    if speed.enabled and speed.reference == "dense" and prunes:
+        needs.append(("benchmark.speed.reference=dense", "speed reference",
+                      "benchmark.speed.reference=none"))
+    if needs and loaded.model.config.model_type.startswith("prunelab"):
+        option, role, instead = needs[0]
         raise PrunelabError(
-            f"recovery=distill needs the dense model as teacher, but model "
-            f"{run_cfg.model.name!r} ({loaded.source}) is already a pruned prunelab model, so "
-            "its dense teacher cannot be loaded from it. Run the pruning job from the dense "
-            "model with recovery=distill, or use recovery=lora.")
+            f"{option} needs the dense model as {role}, but model {run_cfg.model.name!r} "
+            f"({loaded.source}) is already a pruned prunelab model, so its dense model cannot "
+            f"be loaded from it. Run the pruning job from the dense model with {option}, or "
+            f"use {instead}.")
+
+
+def _load_dense(run_cfg: RunConfig, role: str) -> nn.Module:
+    """The job's dense model once more, frozen in eval mode (a teacher, a speed reference)."""
+    try:
+        dense = load_model(run_cfg.model, run_cfg.paths.cache_dir).model
+    except Exception as err:
+        raise PrunelabError(f"Could not load the dense {role} (model {run_cfg.model.name!r}): "
+                            f"{type(err).__name__}: {err}") from err
+    return dense.eval().requires_grad_(False)
 
 
 def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir: Path,
@@ -262,12 +283,7 @@ def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir:
     before, parts_before = _evaluate(run_cfg, loaded, speed=False)
     teacher = teacher_bytes = None
     if spec.name == "distill":
-        try:
-            teacher = load_model(run_cfg.model, run_cfg.paths.cache_dir).model
-        except Exception as err:
-            raise PrunelabError(f"recovery=distill could not load the dense teacher (model "
-                                f"{run_cfg.model.name!r}): {type(err).__name__}: {err}") from err
-        teacher.eval().requires_grad_(False)
+        teacher = _load_dense(run_cfg, "teacher of recovery=distill")
         teacher_bytes = sum(t.numel() * t.element_size()
                             for t in [*teacher.parameters(), *teacher.buffers()])
         log.info("Distillation teacher loaded: %.2f GB of weights", teacher_bytes / 1e9)
@@ -303,9 +319,13 @@ def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir:
     return info, parts_before
 
 
-def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True
-              ) -> tuple[Metrics, dict[str, float]]:
-    """The benchmark suite's measurements (speed only if ``speed``), and each part's time."""
+def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True,
+              prunes: bool = False) -> tuple[Metrics, dict[str, float]]:
+    """The benchmark suite's measurements (speed only if ``speed``), and each part's time.
+
+    With ``benchmark.speed.reference=dense`` and a method that ``prunes``, the dense model is
+    loaded for the speed part only and timed interleaved with the pruned one.
+    """
     bench = run_cfg.benchmark
     t0 = time.perf_counter()
     metrics = Metrics(_evaluate_perplexity(run_cfg, loaded))
@@ -318,9 +338,16 @@ def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True
         parts["zero_shot"] = time.perf_counter() - t0
     if speed and bench.speed.enabled:
         t0 = time.perf_counter()
+        reference = None
+        if bench.speed.reference == "dense" and prunes:
+            reference = _load_dense(run_cfg, "speed reference")
+        elif bench.speed.reference == "dense":
+            log.info("benchmark.speed.reference=dense: method=%s removes nothing, so the job "
+                     "records no speed-up", run_cfg.method.name)
         metrics.speed = _typed(SpeedResult, measure_speed(
             loaded.model, loaded.adapter, bench.speed, loaded.device,
-            loaded.model.get_input_embeddings().num_embeddings), "metrics.speed")
+            loaded.model.get_input_embeddings().num_embeddings, reference), "metrics.speed")
+        del reference
         parts["speed"] = time.perf_counter() - t0
     return metrics, parts
 

@@ -24,7 +24,7 @@ from prunelab.config.typed import to_dataclass
 from prunelab.errors import PrunelabError
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass
@@ -155,7 +155,7 @@ class ZeroShotResult:
 
 
 @dataclass
-class Timing:
+class Repeats:
     """Repeated timings of one measurement: median, range, every repeat, throughput."""
 
     median_s: float
@@ -164,8 +164,31 @@ class Timing:
     times_s: list[float]
     tokens: int
     tokens_per_s: float
-    peak_memory_bytes: int
-    macs_per_token: dict[str, float]
+
+
+@dataclass
+class SpeedUp:
+    """Reference time / model time over paired repeats, with its confidence interval."""
+
+    ratio: float
+    low: float
+    high: float
+    confidence: float
+    repeats: int
+
+
+@dataclass
+class Timing(Repeats):
+    """One measurement of the model, with the dense reference's when both were timed.
+
+    ``reference`` and ``speedup`` are filled with ``benchmark.speed.reference=dense``: the
+    dense model timed interleaved with this one, and the speed-up the pairs give.
+    """
+
+    peak_memory_bytes: int = 0
+    macs_per_token: dict[str, float] = field(default_factory=dict)
+    reference: Repeats | None = None
+    speedup: SpeedUp | None = None
 
 
 @dataclass
@@ -323,11 +346,17 @@ def flat_measurements(m: Metrics) -> dict[str, float]:
             flat[f"zero_shot/{task}"] = result.value
         flat["zero_shot/average"] = m.zero_shot.average.value
     if m.speed is not None:
-        for shape, timing in m.speed.prefill.items():
-            flat[f"speed/prefill_{shape}/median_s"] = timing.median_s
-            flat[f"speed/prefill_{shape}/tokens_per_s"] = timing.tokens_per_s
+        timings = {f"prefill_{shape}": timing for shape, timing in m.speed.prefill.items()}
         if m.speed.decode is not None:
-            flat["speed/decode/tokens_per_s"] = m.speed.decode.tokens_per_s
+            timings["decode"] = m.speed.decode
+        for name, timing in timings.items():
+            if name != "decode":
+                flat[f"speed/{name}/median_s"] = timing.median_s
+            flat[f"speed/{name}/tokens_per_s"] = timing.tokens_per_s
+            if timing.speedup is not None:
+                flat.update({f"speed/{name}/speedup{suffix}": value for suffix, value in (
+                    ("", timing.speedup.ratio), ("_low", timing.speedup.low),
+                    ("_high", timing.speedup.high))})
     return flat
 
 
@@ -336,7 +365,7 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
     version = data.get("schema_version")
     if version == SCHEMA_VERSION:
         return data
-    if version == 2:
+    if version in (2, 3):  # 3 -> 4 added optional fields only
         return {**data, "schema_version": SCHEMA_VERSION}
     if version == 1:
         plan = (data.get("pruning") or {}).get("plan")

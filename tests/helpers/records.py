@@ -16,6 +16,7 @@ from prunelab.record import (
     PruningInfo,
     ResultsRecord,
     SpeedResult,
+    SpeedUp,
     WandbInfo,
 )
 
@@ -27,14 +28,21 @@ def timing(cls: type, seconds: float, tokens: int, **shape: int):
 
 
 def record(method: str, ratio: float, ppl: float, prefill_ms: float | None = None,
-           decode_tokens_per_s: float | None = None, **method_params) -> ResultsRecord:
-    """A complete job of ``method`` at ``ratio`` with one WikiText2 perplexity (and speed)."""
+           decode_tokens_per_s: float | None = None,
+           speedup: tuple[float, float, float] | None = None, **method_params) -> ResultsRecord:
+    """A complete job of ``method`` at ``ratio`` with one WikiText2 perplexity (and speed).
+
+    ``speedup`` (ratio, low, high) is the prefill speed-up over a dense reference timed
+    beside it; an empty tuple is a dense job timed under that protocol (no speed-up).
+    """
     speed = None
     if prefill_ms is not None:
+        prefill = timing(PrefillTiming, prefill_ms / 1000, 512, batch=1, seqlen=512)
+        if speedup:
+            prefill.speedup = SpeedUp(*speedup, confidence=0.95, repeats=10)
         speed = SpeedResult(
-            prefill={"1x512": timing(PrefillTiming, prefill_ms / 1000, 512, batch=1,
-                                     seqlen=512)},
-            settings={},
+            prefill={"1x512": prefill},
+            settings={} if speedup is None else {"reference": "dense", "confidence": 0.95},
             decode=None if decode_tokens_per_s is None else timing(
                 DecodeTiming, 16 / decode_tokens_per_s, 16, prompt=32, new_tokens=16))
     ppl_result = PerplexityResult(ppl=ppl, mean_nll=0.0, windows=1, predicted_tokens=127,

@@ -119,6 +119,10 @@ class SpeedSpec:
     warmup: int = 1
     repeats: int = 5
     seed: int = 0  # random token ids of the timed inputs
+    #: ``dense``: a pruned job also times its dense model, interleaved with the pruned one,
+    #: and records the speed-up with a confidence interval (eval/intervals.py)
+    reference: Literal["none", "dense"] = "none"
+    confidence: float = 0.95  # of the speed-up's interval
 
     @property
     def enabled(self) -> bool:
@@ -132,6 +136,11 @@ class SpeedSpec:
         if self.warmup < 0 or self.repeats < 1:
             problems.append(f"warmup must be >= 0 and repeats >= 1, got {self.warmup}, "
                             f"{self.repeats}")
+        if self.reference == "dense" and self.repeats < 2:
+            problems.append(f"reference=dense needs repeats >= 2 for a confidence interval, "
+                            f"got {self.repeats}")
+        if not 0.0 < self.confidence < 1.0:
+            problems.append(f"confidence must be in (0, 1), got {self.confidence}")
         return problems
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from prunelab.config.schema import SpeedSpec
+from prunelab.eval.intervals import interleaved_times, paired_ratio_interval
 from prunelab.meter import PhaseMeter
 from prunelab.models.adapters import ModelAdapter
 from prunelab.models.macs import attention_macs, mlp_macs
@@ -45,21 +47,23 @@ def macs_per_token(adapter: ModelAdapter, context: float) -> dict[str, float]:
             "total": linear + attention + head}
 
 
-def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
-               ) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+def timed(fn: Callable[[], Any], device: torch.device) -> Callable[[], float]:
+    """A call of ``fn`` that returns the seconds it took (CUDA synchronised around it)."""
+    def run() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+    return run
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
+               ) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    return interleaved_times({"fn": timed(fn, device)}, warmup, repeats)["fn"]
 
 
 def _summary(times: list[float], tokens: int) -> dict[str, Any]:
@@ -68,43 +72,67 @@ def _summary(times: list[float], tokens: int) -> dict[str, Any]:
             "tokens": tokens, "tokens_per_s": tokens / median}
 
 
+def _measurement(times: dict[str, list[float]], tokens: int, confidence: float
+                 ) -> dict[str, Any]:
+    """The model's summary; with a reference, its summary and the paired speed-up too."""
+    summary = _summary(times["model"], tokens)
+    if "reference" in times:
+        summary["reference"] = _summary(times["reference"], tokens)
+        summary["speedup"] = asdict(paired_ratio_interval(times["reference"], times["model"],
+                                                          confidence))
+    return summary
+
+
 @torch.no_grad()
 def measure_speed(model: torch.nn.Module, adapter: ModelAdapter, spec: SpeedSpec,
-                  device: torch.device, vocab_size: int) -> dict[str, Any]:
-    """Prefill latency over ``spec.grid`` and decode throughput, with peak memory and MACs."""
-    was_training = model.training
-    model.eval()
+                  device: torch.device, vocab_size: int,
+                  reference: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Prefill latency over ``spec.grid`` and decode throughput, with peak memory and MACs.
+
+    With ``reference`` (the dense model of a pruned job), each shape and the decode times
+    both models interleaved (eval/intervals.py) and records the reference's timings and the
+    speed-up with its confidence interval; the peak memory then includes the resident
+    reference.
+    """
+    models = {"model": model} if reference is None else {"model": model, "reference": reference}
+    was_training = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
     generator = torch.Generator().manual_seed(spec.seed)
     meter = PhaseMeter(device)
     prefill = {}
     for batch, seqlen in tqdm(spec.grid, desc="prefill", unit="shape", leave=False):
         ids = torch.randint(vocab_size, (batch, seqlen), generator=generator).to(device)
+        calls = {name: timed(lambda m=m, ids=ids: m(input_ids=ids, use_cache=False), device)
+                 for name, m in models.items()}
         with meter.phase(f"prefill_{batch}x{seqlen}"):
-            times = time_calls(lambda ids=ids: model(input_ids=ids, use_cache=False), device,
-                           spec.warmup, spec.repeats)
+            times = interleaved_times(calls, spec.warmup, spec.repeats)
         prefill[f"{batch}x{seqlen}"] = {
-            "batch": batch, "seqlen": seqlen, **_summary(times, batch * seqlen),
+            "batch": batch, "seqlen": seqlen,
+            **_measurement(times, batch * seqlen, spec.confidence),
             "peak_memory_bytes": meter.peak_memory_bytes[f"prefill_{batch}x{seqlen}"],
             "macs_per_token": macs_per_token(adapter, (seqlen + 1) / 2)}
     result: dict[str, Any] = {"prefill": prefill}
     if spec.decode_tokens:
         prompt = torch.randint(vocab_size, (1, spec.decode_prompt), generator=generator)
+        prompt = prompt.to(device)
+        calls = {name: lambda m=m: _decode_steps(m, prompt, spec.decode_tokens, device)
+                 for name, m in models.items()}
         with meter.phase("decode"):
-            for _ in range(spec.warmup):
-                _decode_steps(model, prompt.to(device), spec.decode_tokens, device)
-            times = [_decode_steps(model, prompt.to(device), spec.decode_tokens, device)
-                     for _ in range(spec.repeats)]
+            times = interleaved_times(calls, spec.warmup, spec.repeats)
         result["decode"] = {
             "prompt": spec.decode_prompt, "new_tokens": spec.decode_tokens,
-            **_summary(times, spec.decode_tokens),
+            **_measurement(times, spec.decode_tokens, spec.confidence),
             "peak_memory_bytes": meter.peak_memory_bytes["decode"],
             "macs_per_token": macs_per_token(
                 adapter, spec.decode_prompt + (spec.decode_tokens + 1) / 2)}
     result["settings"] = {"device": str(device), "torch_threads": torch.get_num_threads(),
                           "dtype": str(next(model.parameters()).dtype),
                           "warmup": spec.warmup, "repeats": spec.repeats,
-                          "memory_kind": meter.memory_kind}
-    model.train(was_training)
+                          "memory_kind": meter.memory_kind, "reference": spec.reference,
+                          "confidence": spec.confidence}
+    for name, m in models.items():
+        m.train(was_training[name])
     return result
 
 

@@ -28,6 +28,10 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
         kept.pop("recovery", None)  # no training: the same job as before recovery existed
     if (kept.get("schedule") or {}).get("head_groups", "any") == "any":
         kept.get("schedule", {}).pop("head_groups", None)  # as before the option existed
+    speed = (kept.get("benchmark") or {}).get("speed") or {}
+    if speed.get("reference", "none") == "none":  # nothing paired: as before the options
+        speed.pop("reference", None)
+        speed.pop("confidence", None)
     name = config.get("method", {}).get("name")
     if name in METHODS:
         method = METHODS.get(name)

@@ -145,12 +145,16 @@ def pareto_front(points: list[tuple[float, float]], lower_is_better: bool
 
 
 def plot_pareto(table, path: Path) -> Path | None:
-    """Quality against measured prefill latency, one series per method, the Pareto front.
+    """Quality against measured speed, one series per method, the Pareto front.
 
-    Panels: the first perplexity (log scale) and the zero-shot average when present; x is the
-    first prefill shape's median latency. Returns None when the table has no speed column.
+    Panels: the first perplexity (log scale) and the zero-shot average when present. x is
+    the first prefill shape's median latency; when the jobs timed their dense model beside
+    them (``benchmark.speed.reference=dense``), x is the latency relative to dense (one over
+    the speed-up) with its confidence interval as error bars, dense at 1. Returns None when
+    the table has no speed column.
     """
-    latency = next((c for c in table.columns if c.kind == "latency"), None)
+    speedup = next((c for c in table.columns if c.kind == "speedup"), None)
+    latency = speedup or next((c for c in table.columns if c.kind == "latency"), None)
     quality = [c for c in table.columns if c.kind == "ppl"][:1]
     quality += [c for c in table.columns if c.key == "zero_shot/average"]
     if latency is None or not quality:
@@ -158,25 +162,40 @@ def plot_pareto(table, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(quality), figsize=(5 * len(quality), 4), squeeze=False)
     for ax, column in zip(axes[0], quality):
         everything = []
-        series: dict[str, list[tuple[float, float]]] = {}
+        series: dict[str, list[tuple[float, float, float, float]]] = {}
         for row in table.rows:
-            x, y = row.values.get(latency.key), row.values.get(column.key)
+            x, y = _speed_position(row, latency), row.values.get(column.key)
             if x is None or y is None:
                 continue
-            series.setdefault(row.label, []).append((x, y))
-            everything.append((x, y))
+            series.setdefault(row.label, []).append((*x, y))
+            everything.append((x[0], y))
         for label, points in series.items():
             points.sort()
-            ax.plot(*zip(*points), marker="*" if label == "dense" else "o", linestyle="-"
-                    if len(points) > 1 else "none", label=label)
+            xs, lows, highs, ys = zip(*points)
+            ax.errorbar(xs, ys, xerr=[[x - lo for x, lo in zip(xs, lows)],
+                                      [hi - x for x, hi in zip(xs, highs)]],
+                        marker="*" if label == "dense" else "o",
+                        linestyle="-" if len(points) > 1 else "none", capsize=2, label=label)
         front = pareto_front(everything, lower_is_better=column.kind == "ppl")
         if front:
             ax.step(*zip(*front), where="post", color="black", linewidth=0.8, alpha=0.6,
                     label="Pareto front")
         if column.kind == "ppl":
             ax.set_yscale("log")
-        ax.set_xlabel(f"measured {latency.label}")
+        ax.set_xlabel(f"{latency.key.split('/', 1)[1].replace('_', ' ')} latency relative to "
+                      "dense (bars: confidence interval)" if speedup
+                      else f"measured {latency.label}")
         ax.set_ylabel(f"{column.label} {AXIS_LABELS[column.kind]}")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(table.model, fontsize=10)
     return _save(fig, path)
+
+
+def _speed_position(row, column) -> tuple[float, float, float] | None:
+    """x, its lower and upper bound: a latency (no interval), or one over the speed-up."""
+    value = row.values.get(column.key)
+    if column.kind != "speedup":
+        return None if value is None else (value, value, value)
+    if value is None:
+        return (1.0, 1.0, 1.0) if row.ratio == 0 else None  # dense is its own reference
+    return 1 / value, 1 / row.values[f"{column.key}/high"], 1 / row.values[f"{column.key}/low"]

@@ -45,10 +45,12 @@ DATASET_LABELS = {"wikitext2": "WikiText2", "ptb": "PTB", "c4": "C4"}
 
 @dataclass(frozen=True)
 class Column:
-    """A column of one kind: ``ppl``, ``accuracy`` (%), ``latency`` or ``throughput``.
+    """A column of one kind: ``ppl``, ``accuracy``, ``latency``, ``throughput``, ``speedup``.
 
     Its values are the record's flat metric ``metric`` times ``scale``: accuracies in %,
-    latency as the median prefill time in ms, throughput as decode tokens per second.
+    latency as the median prefill time in ms, throughput as decode tokens per second, the
+    speed-up over the dense model timed beside it (``benchmark.speed.reference=dense``) with
+    the bounds of its confidence interval under ``<key>/low`` and ``<key>/high``.
     """
 
     key: str  # ppl/<dataset>, zero_shot/<task>, zero_shot/average, speed/...
@@ -75,6 +77,13 @@ def columns_of(record: ResultsRecord) -> list[Column]:
         if metrics.speed.decode is not None:
             columns.append(Column("speed/decode", "Decode tok/s", "throughput",
                                   "speed/decode/tokens_per_s"))
+        if metrics.speed.settings.get("reference") == "dense":
+            confidence = f"{metrics.speed.settings.get('confidence', 0.95):.0%}"
+            names = [f"prefill_{shape}" for shape in metrics.speed.prefill]
+            names += ["decode"] if metrics.speed.decode is not None else []
+            columns += [Column(f"speedup/{name}", f"Speed-up {name.replace('_', ' ')} "
+                               f"({confidence} CI)", "speedup", f"speed/{name}/speedup")
+                        for name in names]
     return columns
 
 
@@ -85,7 +94,14 @@ def values_of(record: ResultsRecord, before_recovery: bool = False) -> dict[str,
     """
     flat = flat_measurements(record.recovery.before) if before_recovery \
         else record.flat_metrics()
-    return {c.key: flat[c.metric] * c.scale for c in columns_of(record) if c.metric in flat}
+    values = {}
+    for c in columns_of(record):
+        if c.metric in flat:
+            values[c.key] = flat[c.metric] * c.scale
+        if c.kind == "speedup" and c.metric in flat:
+            values[f"{c.key}/low"] = flat[f"{c.metric}_low"]
+            values[f"{c.key}/high"] = flat[f"{c.metric}_high"]
+    return values
 
 
 NOT_TUNED = "w/o tune"
@@ -137,7 +153,8 @@ class ResultTable:
         header = ["Method", "Ratio", "Params", *[c.label for c in self.columns]]
         body = []
         for row in self.rows:
-            values = [FAILED if row.failed else _number(row.values.get(c.key))
+            values = [FAILED if row.failed else _speedup(row.values, c.key)
+                      if c.kind == "speedup" else _number(row.values.get(c.key))
                       for c in self.columns]
             body.append([row.label, f"{row.ratio:.0%}", _params(row.params), *values])
         return [header, *body]
@@ -152,13 +169,14 @@ class ResultTable:
         """Numbers unformatted (empty when missing), for spreadsheets and pandas."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["method", "variant", "tune", "ratio", "params",
-                         *[c.key for c in self.columns], "failed"])
+        keys = [key for c in self.columns for key in (
+            [c.key, f"{c.key}/low", f"{c.key}/high"] if c.kind == "speedup" else [c.key])]
+        writer.writerow(["method", "variant", "tune", "ratio", "params", *keys, "failed"])
         for row in self.rows:
             writer.writerow([row.method, row.variant, row.tune, row.ratio,
                              "" if row.params is None else row.params,
-                             *["" if row.values.get(c.key) is None else row.values[c.key]
-                               for c in self.columns], row.failed or ""])
+                             *["" if row.values.get(key) is None else row.values[key]
+                               for key in keys], row.failed or ""])
         return out.getvalue()
 
     def to_latex(self) -> str:
@@ -365,6 +383,13 @@ def _arrange(rows: dict[tuple, Row], method_order: list[str], swept_ratios: set[
 
 def _number(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2f}"
+
+
+def _speedup(values: dict[str, float], key: str) -> str:
+    """``1.32x (1.28-1.36)``: the speed-up and its confidence interval."""
+    if values.get(key) is None:
+        return MISSING
+    return f"{values[key]:.2f}x ({values[f'{key}/low']:.2f}-{values[f'{key}/high']:.2f})"
 
 
 def _params(count: int | None) -> str:
