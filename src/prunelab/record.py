@@ -185,8 +185,8 @@ class Timing(Repeats):
     dense model timed interleaved with this one, and the speed-up the pairs give.
     """
 
-    peak_memory_bytes: int = 0
-    macs_per_token: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int
+    macs_per_token: dict[str, float]
     reference: Repeats | None = None
     speedup: SpeedUp | None = None
 
