@@ -163,3 +163,17 @@ def test_even_units_pair_the_lowest_heads_of_each_group():
     assert pool.members == [[1, 5], [0, 3], [2, 4]]
     assert pool.scores.tolist() == pytest.approx([0.15, 0.4, 0.85])
     assert pool.removed_indices([pool.order[0]]) == {1, 5}
+
+
+def test_head_groups_any_keeps_old_job_fingerprints(make_cfg):
+    import copy
+
+    from prunelab.config.schema import job_container
+    from prunelab.tracking.identity import job_fingerprint
+
+    config = job_container(make_cfg("method=flap"))
+    old = copy.deepcopy(config)
+    del old["schedule"]["head_groups"]  # a job from before the option existed
+    assert job_fingerprint(config) == job_fingerprint(old)
+    even = job_container(make_cfg("method=flap", "schedule.head_groups=even"))
+    assert job_fingerprint(even) != job_fingerprint(config)

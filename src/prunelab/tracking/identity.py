@@ -19,19 +19,31 @@ from typing import Any
 from prunelab.registry import METHODS
 
 _NOT_RESULT_CHANGING = ("paths", "logger", "experiment_name", "overwrite", "save_model")
+#: Options added after jobs had been run: (section, switch, the switch's value that means "as
+#: before the option existed", keys dropped then; None drops the whole section). A job at that
+#: value is the job it was before, so it keeps its old fingerprint.
+_LATER_OPTIONS = (
+    ("recovery", "name", "none", None),
+    ("schedule", "head_groups", "any", ("head_groups",)),
+    ("benchmark.speed", "reference", "none", ("reference", "confidence")),
+)
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved job config that determines its results (a deep copy)."""
     kept = {k: copy.deepcopy(v) for k, v in config.items() if k not in _NOT_RESULT_CHANGING}
-    if (kept.get("recovery") or {}).get("name", "none") == "none":
-        kept.pop("recovery", None)  # no training: the same job as before recovery existed
-    if (kept.get("schedule") or {}).get("head_groups", "any") == "any":
-        kept.get("schedule", {}).pop("head_groups", None)  # as before the option existed
-    speed = (kept.get("benchmark") or {}).get("speed") or {}
-    if speed.get("reference", "none") == "none":  # nothing paired: as before the options
-        speed.pop("reference", None)
-        speed.pop("confidence", None)
+    for path, switch, neutral, keys in _LATER_OPTIONS:
+        *parents, name = path.split(".")
+        holder = kept
+        for parent in parents:
+            holder = holder.get(parent) or {}
+        section = holder.get(name)
+        if not isinstance(section, dict) or section.get(switch, neutral) != neutral:
+            continue
+        if keys is None:
+            del holder[name]
+        for key in keys or ():
+            section.pop(key, None)
     name = config.get("method", {}).get("name")
     if name in METHODS:
         method = METHODS.get(name)

@@ -96,9 +96,10 @@ def values_of(record: ResultsRecord, before_recovery: bool = False) -> dict[str,
         else record.flat_metrics()
     values = {}
     for c in columns_of(record):
-        if c.metric in flat:
-            values[c.key] = flat[c.metric] * c.scale
-        if c.kind == "speedup" and c.metric in flat:
+        if c.metric not in flat:
+            continue
+        values[c.key] = flat[c.metric] * c.scale
+        if c.kind == "speedup":
             values[f"{c.key}/low"] = flat[f"{c.metric}_low"]
             values[f"{c.key}/high"] = flat[f"{c.metric}_high"]
     return values
