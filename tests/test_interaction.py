@@ -22,8 +22,9 @@ from prunelab.models.loading import load_model
 from prunelab.models.surgery import save_pruned
 from prunelab.registry import SCHEDULES
 from prunelab.schedules import build_pools
-from prunelab.schedules.costs import LatencyCost, MacCost, ParameterCost, UnitCosts
+from prunelab.schedules.costs import MacCost, ParameterCost
 from prunelab.schedules.dynamic import DynamicParams, log_standardised, rank_standardised
+from tests.helpers.latency import synthetic_cost
 from tests.helpers.plans import mask_model
 from tests.helpers.tiny import tiny_model
 
@@ -128,7 +129,7 @@ def test_interactions_fold_half_into_each_neighbour():
     assert effects.folded().tolist() == [[0.5, 2.0], [4.5, 5.0]]
 
 
-SYNTHETIC = LatencyCost(UnitCosts(3e-6, 2e-6, 40e-6), UnitCosts(1e-7, 0.0, 25e-6))
+SYNTHETIC = synthetic_cost()
 
 
 def scored_pools(layout: str, cost_model, layers: int = 6):
@@ -233,10 +234,10 @@ def test_bad_settings_are_refused(make_cfg, override, message):
 
 def test_latency_budget_without_a_profile_is_an_error(make_cfg, monkeypatch, tmp_path):
     def flat(*_args, **_kwargs):
-        return latency.profile_from_points([([h, k], 1e-5) for h, k in [(4, 4), (2, 2), (1, 1)]],
-                                           [([c], 1e-6) for c in (8, 4)], {"device": "cpu"})
+        latency.fit_sublayers([([h, k], 1e-5) for h, k in [(4, 4), (2, 2), (1, 1)]],
+                              [([c], 1e-6) for c in (8, 4)], "1x128 on cpu")
 
-    monkeypatch.setattr(latency, "latency_profile", flat)
+    monkeypatch.setattr(latency, "shape_profile", flat)
     cfg = make_cfg("model=tiny_llama", "method=interaction", "schedule.target=latency",
                    "calibration.nsamples=4", "calibration.seqlen=16", "benchmark=smoke",
                    "logger=none", f"paths.cache_dir={tmp_path / 'cache'}")

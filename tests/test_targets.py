@@ -1,4 +1,5 @@
-"""Budgets in parameters, MACs and latency: prices, fits, and budgets met within one unit."""
+"""Budgets in parameters, MACs and latency: prices, fits, the whole-model latency currencies
+(fixed parts included), and budgets met within one unit."""
 
 from __future__ import annotations
 
@@ -6,21 +7,29 @@ import pytest
 import torch
 
 from prunelab import pipeline
-from prunelab.config.schema import validate
+from prunelab.config.schema import SpeedSpec, validate
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.eval import latency
+from prunelab.eval.latency import LatencyShape, ShapeProfile, SubLayerFit
 from prunelab.eval.speed import macs_per_token
 from prunelab.models.adapters import adapter_for
+from prunelab.models.loading import LoadedModel
 from prunelab.registry import SCHEDULES
 from prunelab.schedules import build_pools
 from prunelab.schedules.base import ScheduleParams
-from prunelab.schedules.costs import LatencyCost, MacCost, ParameterCost, UnitCosts
-from prunelab.schedules.targets import total_cost
+from prunelab.schedules.costs import MacCost, ParameterCost
+from prunelab.schedules.targets import (
+    cost_model_for,
+    latency_shapes,
+    prunable_ratio,
+    total_cost,
+    whole_cost,
+)
+from tests.helpers.latency import ATTENTION, synthetic_cost, synthetic_profiles
 from tests.helpers.tiny import tiny_model
 
 LAYERS = 6
-#: seconds per token: a head, a KV head, the attention's fixed part; a channel, the MLP's
-SYNTHETIC = LatencyCost(UnitCosts(3e-6, 2e-6, 40e-6), UnitCosts(1e-7, 0.0, 25e-6))
+SYNTHETIC = synthetic_cost()
 COST_MODELS = {"params": ParameterCost(), "macs": MacCost(64.5), "latency": SYNTHETIC}
 
 
@@ -60,42 +69,154 @@ def test_latency_fit_recovers_a_linear_profile():
     attention = [([h, k], 1e-5 + 2e-6 * h + 5e-7 * k) for h, k in [(9, 3), (3, 3), (3, 1),
                                                                    (1, 1)]]
     mlp = [([c], 2e-5 + 1e-8 * c) for c in (1536, 1152, 768, 384)]
-    profile = latency.profile_from_points(attention, mlp, {"device": "test"})
-    assert profile.attention.fixed == pytest.approx(1e-5)
-    assert profile.attention.per_unit == pytest.approx(2e-6)
-    assert profile.attention.per_group == pytest.approx(5e-7)
-    assert (profile.mlp.fixed, profile.mlp.per_unit) == pytest.approx((2e-5, 1e-8))
+    fitted_attention, fitted_mlp = latency.fit_sublayers(attention, mlp, "test")
+    assert fitted_attention.fixed == pytest.approx(1e-5)
+    assert fitted_attention.per_unit == pytest.approx(2e-6)
+    assert fitted_attention.per_group == pytest.approx(5e-7)
+    assert (fitted_mlp.fixed, fitted_mlp.per_unit) == pytest.approx((2e-5, 1e-8))
 
 
 def test_latency_profile_refused_when_time_does_not_grow():
     flat = [([h, k], 1e-5 - 1e-7 * h) for h, k in [(4, 2), (2, 2), (2, 1), (1, 1)]]
-    with pytest.raises(PrunelabError, match="latency profile is not possible on cpu"):
-        latency.profile_from_points(flat, [([c], 1e-6 * c) for c in (8, 4)], {"device": "cpu"})
+    with pytest.raises(PrunelabError, match="latency profile is not possible at 1x8 on cpu"):
+        latency.fit_sublayers(flat, [([c], 1e-6 * c) for c in (8, 4)], "1x8 on cpu")
 
 
-def test_measured_points_cover_the_widths():
+@pytest.mark.parametrize("shape", [LatencyShape("prefill", 2, 8),
+                                   LatencyShape("decode", 1, 16, 4)])
+def test_measured_points_cover_the_widths(shape):
     geometry = adapter_for(tiny_model("gqa")).layers[0].geometry
-    attention, mlp = latency.measure_points(geometry, torch.device("cpu"), torch.float32,
-                                            seqlen=8, batch=1, repeats=1)
+    attention, mlp = latency.measure_sublayers(geometry, torch.device("cpu"), torch.float32,
+                                               shape)
     assert sorted(tuple(x) for x, _ in attention) == [(1, 1), (2, 2), (3, 1), (6, 2)]
     assert sorted(x[0] for x, _ in mlp) == [10, 20, 30, 40]
     assert all(t > 0 for _, t in attention + mlp)
 
 
+@pytest.mark.parametrize("shape", [LatencyShape("prefill", 2, 8),
+                                   LatencyShape("decode", 1, 16, 4)])
+def test_model_and_head_are_timed_at_the_shape(shape):
+    model = tiny_model("gqa")
+    model_s, head_s = latency.measure_model(model, adapter_for(model), torch.device("cpu"),
+                                            shape, model.config.vocab_size)
+    assert model_s > head_s > 0
+
+
+def _loaded(layout: str = "gqa", layers: int = 3) -> LoadedModel:
+    model = tiny_model(layout, layers=layers)
+    return LoadedModel(model=model, tokenizer=None, adapter=adapter_for(model),
+                       device=torch.device("cpu"), fingerprint="tiny", source="tiny")
+
+
+def test_latency_currency_equals_a_hand_computation(monkeypatch):
+    """Two shapes of weights 1 and 3: each unit's price is its seconds over the model's
+    seconds, mixed by weight; the fixed parts make up the rest of a whole of one."""
+    fits = {"1x16": (SubLayerFit(2e-6, 1e-6, 10e-6), SubLayerFit(1e-7, 0.0, 5e-6), 3e-5, 1e-5),
+            "4x16": (SubLayerFit(6e-6, 4e-6, 20e-6), SubLayerFit(3e-7, 0.0, 9e-6), 8e-5, 5e-5)}
+
+    def profile(model, adapter, device, shape, vocab_size, cache_dir):
+        attention, mlp, fixed, head = fits[shape.name]
+        blocks = latency.blocks_time(adapter, attention, mlp)
+        return ShapeProfile(shape, attention, mlp, blocks + fixed, head, blocks)
+
+    monkeypatch.setattr(latency, "shape_profile", profile)
+    loaded = _loaded()
+    params = ScheduleParams(target="latency", target_shapes=[[1, 16], [4, 16]],
+                            target_weights=[1.0, 3.0])
+    cost = cost_model_for(params, loaded, SpeedSpec(), "unused")
+    g = loaded.adapter.layers[0].geometry  # 6 heads on 2 KV heads, 40 channels, 3 blocks
+    totals = {}
+    for name, (attention, mlp, fixed, _) in fits.items():
+        block = (attention.fixed + 6 * attention.per_unit + 2 * attention.per_group
+                 + mlp.fixed + 40 * mlp.per_unit)
+        totals[name] = 3 * block + fixed
+    assert g.num_heads == 6 and g.num_kv_heads == 2 and g.intermediate_size == 40
+    per_head = (1 * 2e-6 / totals["1x16"] + 3 * 6e-6 / totals["4x16"]) / 4
+    assert cost.attention(loaded.adapter.layers[0]).per_unit == pytest.approx(per_head)
+    fixed = (1 * 3e-5 / totals["1x16"] + 3 * 8e-5 / totals["4x16"]) / 4
+    assert cost.model_fixed == pytest.approx(fixed)
+    assert whole_cost(loaded.adapter.layers, cost) == pytest.approx(1.0)
+    assert cost.describe()["4x16"]["head_s"] == 5e-5
+    assert cost.describe()["4x16"]["overhead_s"] == pytest.approx(3e-5)
+    # a ratio of the whole model is that much more of the prunable part
+    assert prunable_ratio(0.3, loaded.adapter.layers, cost) == pytest.approx(0.3 / (1 - fixed))
+    with pytest.raises(PrunelabError, match="sub-layers are only"):
+        prunable_ratio(0.999, loaded.adapter.layers, cost)
+
+
+def test_latency_shapes_default_to_the_benchmark():
+    speed = SpeedSpec(grid=[[1, 512], [8, 128]], decode_tokens=64, decode_prompt=32)
+    assert [s.name for s in latency_shapes(ScheduleParams(), speed, "latency")] == \
+        ["1x512", "8x128"]
+    assert [s.name for s in latency_shapes(ScheduleParams(target_shapes=[[2, 64]]), speed,
+                                           "latency")] == ["2x64"]
+    assert [s.name for s in latency_shapes(ScheduleParams(), SpeedSpec(), "latency")] == \
+        ["1x128"]
+    decode, = latency_shapes(ScheduleParams(), speed, "latency_decode")
+    assert (decode.kind, decode.seqlen, decode.new_tokens, decode.context) == \
+        ("decode", 32, 64, 64)
+    decode, = latency_shapes(ScheduleParams(target_decode=[8, 4]), speed, "latency_decode")
+    assert decode.name == "decode 8+4"
+
+
+@pytest.mark.parametrize("target", ["latency", "latency_decode"])
+def test_whole_model_latency_budget_met_within_one_unit(make_cfg, monkeypatch, target):
+    monkeypatch.setattr(latency, "shape_profile", synthetic_profiles())
+    results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=mag_sp", "benchmark=smoke",
+                                    "logger=none", f"schedule.target={target}",
+                                    "schedule.ratio=0.3")).to_dict()
+    details = results["pruning"]["details"]
+    fixed = details["target"]["fixed"]
+    assert 0 < fixed < 1 and details["target"]["total"] == pytest.approx(1.0)
+    assert details["target"]["prunable_ratio"] == pytest.approx(0.3 / (1 - fixed))
+    # the dearest unit: a group's last head with its KV head and the attention's fixed part
+    scale = 0.1 if target == "latency_decode" else 1.0  # synthetic_profiles' decode step
+    largest_unit = scale * (ATTENTION.per_unit + ATTENTION.per_group + ATTENTION.fixed)
+    (shape,) = details["latency_profiles"][target].values()
+    assert abs(details["achieved"][target] - 0.3) <= largest_unit / shape["model_s"]
+    assert results["pruning"]["ratio_asked"] == pytest.approx(0.3)
+
+
+def test_latency_shapes_beyond_the_context_are_refused(make_cfg):
+    with pytest.raises(PrunelabError, match="beyond the model.s context length of 512"):
+        pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
+                              "logger=none", "schedule.target=latency",
+                              "schedule.target_shapes=[[1,1024]]"))
+
+
+def test_latency_decode_needs_a_kv_cache_path():
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            return {"logits": torch.zeros(*input_ids.shape, 4)}
+
+    with pytest.raises(PrunelabError, match="needs a model with a KV cache path"):
+        latency.check_decode_path(NoCache(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("schedule.target_shapes=[[1,0]]", "target_shapes entries are"),
+    ("schedule.target_weights=[1.0]", "one weight >= 0 per target_shapes entry"),
+    ("schedule.target_decode=[32]", "target_decode is \\[prompt, new tokens\\]"),
+])
+def test_malformed_latency_shapes_are_refused(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(override))
+
+
 def test_unknown_target_lists_the_valid_ones(make_cfg):
-    with pytest.raises(ConfigError, match="'flops' is not one of params, macs, latency"):
+    with pytest.raises(ConfigError,
+                       match="'flops' is not one of params, macs, latency, latency_decode"):
         validate(make_cfg("schedule.target=flops"))
 
 
 def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
-    profile = latency.LatencyProfile(SYNTHETIC.attention_costs, SYNTHETIC.mlp_costs, {})
-    monkeypatch.setattr(latency, "latency_profile", lambda *args: profile)
+    monkeypatch.setattr(latency, "shape_profile", synthetic_profiles())
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=flap", "benchmark=smoke",
                                     "calibration.nsamples=8", "logger=none",
                                     "schedule.target=macs", "schedule.ratio=0.3")).to_dict()
     details = results["pruning"]["details"]
     assert details["target"]["name"] == "macs"
-    assert set(details["achieved"]) == {"params", "macs", "latency"}
+    assert set(details["achieved"]) == {"params", "macs", "latency", "latency_decode"}
     assert 0 < details["achieved"]["latency"] < 1 and not details["achieved_unavailable"]
     assert details["achieved"]["macs"] == pytest.approx(0.3, abs=0.05)
     assert results["pruning"]["ratio_asked"] == pytest.approx(0.3, abs=1e-9)
@@ -104,7 +225,7 @@ def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
                                     "logger=none", "schedule.target=latency",
                                     "schedule.ratio=0.3", "overwrite=true")).to_dict()
     details = results["pruning"]["details"]
-    assert set(details["achieved"]) == {"params", "macs", "latency"}
+    assert set(details["achieved"]) == {"params", "macs", "latency", "latency_decode"}
     assert "profiling" in results["pruning"]["wall_time_s"]
 
 
@@ -112,9 +233,10 @@ def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkey
     def unprofilable(*args):
         raise PrunelabError("latency does not grow with the units on this device")
 
-    monkeypatch.setattr(latency, "latency_profile", unprofilable)
+    monkeypatch.setattr(latency, "shape_profile", unprofilable)
     results = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
                                     "logger=none", "schedule.ratio=0.3")).to_dict()
     details = results["pruning"]["details"]
     assert set(details["achieved"]) == {"params", "macs"}
     assert "does not grow" in details["achieved_unavailable"]["latency"]
+    assert "does not grow" in details["achieved_unavailable"]["latency_decode"]

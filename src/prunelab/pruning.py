@@ -17,7 +17,7 @@ allocation, the surgery and the report that goes into results.json.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,13 +39,14 @@ from prunelab.models.surgery import mask_block, prune_model
 from prunelab.registry import SCHEDULES
 from prunelab.schedules import Pool, Schedule, build_pools
 from prunelab.schedules.base import fill_priorities, select
-from prunelab.schedules.costs import CostModel
+from prunelab.schedules.costs import CostModel, LatencyCost
 from prunelab.schedules.pools import ATTENTION, MLP
 from prunelab.schedules.targets import (
     achieved_fractions,
     cost_model_for,
+    prunable_ratio,
     reported_currencies,
-    total_cost,
+    whole_cost,
     zero_scores,
 )
 from prunelab.schedules.whole_blocks import select_blocks
@@ -79,7 +80,8 @@ class _Stage:
         self.method = method
         self.loaded = loaded
         self.job = job
-        self.schedule: Schedule = SCHEDULES.get(job.schedule.name)(job.schedule.params)
+        self.params = job.schedule.params  # the schedule's, ratio of the prunable cost
+        self.schedule: Schedule = SCHEDULES.get(job.schedule.name)(self.params)
         self.meter = PhaseMeter(loaded.device)
         self.info: dict[str, Any] = {"used": bool(method.statistics)}
 
@@ -88,15 +90,17 @@ class _Stage:
         layers = loaded.adapter.layers
         params = self.job.schedule.params
         _check_protection(params, len(layers))
-        dtype = next(loaded.model.parameters()).dtype
-        cache_dir = self.job.paths.cache_dir
-        with meter.phase("profiling"):  # unit latencies: measured on first use, then cached
-            cost_model = cost_model_for(params, layers, loaded.device, dtype, cache_dir)
-            currencies, unavailable = reported_currencies(params, layers, loaded.device,
-                                                          dtype, cache_dir, cost_model)
+        cache_dir, speed = self.job.paths.cache_dir, self.job.benchmark.speed
+        with meter.phase("profiling"):  # latency profiles: measured on first use, then cached
+            cost_model = cost_model_for(params, loaded, speed, cache_dir)
+            currencies, unavailable = reported_currencies(params, loaded, speed, cache_dir,
+                                                          cost_model)
         for name, reason in unavailable.items():
             log.warning("No achieved %s fraction for this run: %s", name, reason)
-        totals_before = {name: total_cost(layers, model) for name, model in currencies.items()}
+        totals_before = {name: whole_cost(layers, model) for name, model in currencies.items()}
+        # latency ratios are of the whole model's time; the schedules divide prunable costs
+        self.params = replace(params, ratio=prunable_ratio(params.ratio, layers, cost_model))
+        self.schedule = SCHEDULES.get(self.job.schedule.name)(self.params)
         layers_before = [layer.geometry for layer in layers]
         with meter.phase("calibration"):
             if "sequential" in method.needs:
@@ -136,7 +140,11 @@ class _Stage:
             details={
                 "schedule": {"name": self.job.schedule.name, **asdict(params)},
                 "target": {"name": cost_model.name, "unit": cost_model.unit,
-                           "budget": budget, "removed": cost, "total": total},
+                           "budget": budget, "removed": cost, "total": total,
+                           "fixed": cost_model.model_fixed,
+                           "prunable_ratio": self.params.ratio},
+                "latency_profiles": {name: model.describe() for name, model in
+                                     currencies.items() if isinstance(model, LatencyCost)},
                 "achieved": achieved_fractions(totals_before, loaded.adapter.layers,
                                                currencies),
                 "achieved_unavailable": unavailable,
@@ -321,7 +329,7 @@ class _Stage:
                                f"blocks of {len(layers)}")
         pools = build_pools(layers, *zero_scores(layers), cost_model)
         costs = [sum(p.total_cost for p in pools if p.layer == i) for i in range(len(layers))]
-        chosen, budget = select_blocks(scores.scores, costs, self.job.schedule.params,
+        chosen, budget = select_blocks(scores.scores, costs, self.params,
                                        scores.count)
         self.info["block_scores"] = [float(s) for s in scores.scores]
         self.info["removed_blocks"] = chosen

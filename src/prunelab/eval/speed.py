@@ -116,7 +116,7 @@ def measure_speed(model: torch.nn.Module, adapter: ModelAdapter, spec: SpeedSpec
     if spec.decode_tokens:
         prompt = torch.randint(vocab_size, (1, spec.decode_prompt), generator=generator)
         prompt = prompt.to(device)
-        calls = {name: lambda m=m: _decode_steps(m, prompt, spec.decode_tokens, device)
+        calls = {name: lambda m=m: decode_steps(m, prompt, spec.decode_tokens, device)
                  for name, m in models.items()}
         with meter.phase("decode"):
             times = interleaved_times(calls, spec.warmup, spec.repeats)
@@ -136,7 +136,7 @@ def measure_speed(model: torch.nn.Module, adapter: ModelAdapter, spec: SpeedSpec
     return result
 
 
-def _decode_steps(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
+def decode_steps(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
                   device: torch.device) -> float:
     """Seconds for ``new_tokens`` greedy single-token steps with a KV cache after ``prompt``.
 

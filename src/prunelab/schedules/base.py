@@ -22,11 +22,19 @@ from prunelab.schedules.pools import ATTENTION, HEAD_GROUPS, MLP, Pool
 class ScheduleParams:
     """Fields every schedule has."""
 
-    ratio: float = 0.2  # fraction of the prunable cost (q/k/v/o, gate/up/down) to remove
-    #: the cost the ratio is a fraction of: parameters, MACs per token, or measured latency
-    target: Literal["params", "macs", "latency"] = "params"
-    target_seqlen: int = 128  # sequence length the MAC count and the latency profile assume
-    target_batch: int = 1  # batch size of the latency profile
+    #: fraction to remove: of the prunable cost (q/k/v/o, gate/up/down) in params and macs,
+    #: of the whole model's measured time in latency and latency_decode
+    ratio: float = 0.2
+    #: the cost the ratio is a fraction of: parameters, MACs per token, measured prefill time
+    #: or measured time per decode step (schedules/targets.py)
+    target: Literal["params", "macs", "latency", "latency_decode"] = "params"
+    target_seqlen: int = 128  # attention context of macs; latency's shape when none is given
+    target_batch: int = 1  # latency's batch when no shape is given
+    #: latency's prefill shapes [[batch, seqlen], ...]; None: the benchmark's speed grid
+    target_shapes: list[list[int]] | None = None
+    target_weights: list[float] | None = None  # each shape's weight in the mix; None: equal
+    #: latency_decode's [prompt, new tokens]; None: the benchmark's decode setting
+    target_decode: list[int] | None = None
     attention_ratio: float | None = None  # fixed module split: fraction of attention removed
     protect_first: int = 0  # blocks at the start that are never pruned
     protect_last: int = 0  # blocks at the end that are never pruned
@@ -50,6 +58,17 @@ class ScheduleParams:
                             f"got {self.head_groups!r}")
         if self.target_seqlen < 1 or self.target_batch < 1:
             problems.append("target_seqlen and target_batch must be >= 1")
+        problems += [f"target_shapes entries are [batch, seqlen] with both >= 1, got {entry}"
+                     for entry in self.target_shapes or [] if len(entry) != 2 or min(entry) < 1]
+        if self.target_weights is not None and (
+                len(self.target_weights) != len(self.target_shapes or [])
+                or min(self.target_weights, default=0) < 0 or sum(self.target_weights) <= 0):
+            problems.append(f"target_weights needs one weight >= 0 per target_shapes entry "
+                            f"(not all zero), got {self.target_weights}")
+        if self.target_decode is not None and (len(self.target_decode) != 2
+                                               or min(self.target_decode) < 1):
+            problems.append(f"target_decode is [prompt, new tokens] with both >= 1, got "
+                            f"{self.target_decode}")
         return problems
 
 

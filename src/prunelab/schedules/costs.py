@@ -1,16 +1,18 @@
 """What a unit costs: parameters, multiply-accumulates per token, or measured latency.
 
-A schedule's budget (``schedule.target``) is a fraction of the model's prunable cost in one of
-these currencies. Each cost model prices the units of a sub-layer as three numbers: per unit
-(a query head's q_proj rows and o_proj columns; an MLP channel), per group (a KV head, paid
-when its last query head goes) and fixed (what removing the whole sub-layer saves beyond its
-units: nothing for parameters and MACs, the measured overhead for latency).
+A schedule's budget (``schedule.target``) is a fraction of the model's cost in one of these
+currencies: of its prunable parameters or MACs, or of its whole measured time (prefill or
+decode), the parts no pruning removes included. Each cost model prices the units of a
+sub-layer as three numbers: per unit (a query head's q_proj rows and o_proj columns; an MLP
+channel), per group (a KV head, paid when its last query head goes) and fixed (what removing
+the whole sub-layer saves beyond its units: nothing for parameters and MACs, the measured
+overhead for latency).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from prunelab.models.adapters import LayerAdapter
@@ -39,6 +41,14 @@ class CostModel(ABC):
     @abstractmethod
     def mlp(self, layer: LayerAdapter) -> UnitCosts:
         """Per channel and fixed costs of ``layer``'s MLP."""
+
+    @property
+    def model_fixed(self) -> float:
+        """Cost of what no pruning removes (nothing for parameters and MACs).
+
+        Ratios of a currency are fractions of its prunable cost plus this.
+        """
+        return 0.0
 
 
 class ParameterCost(CostModel):
@@ -74,15 +84,66 @@ class MacCost(CostModel):
 
 
 @dataclass(frozen=True)
-class LatencyCost(CostModel):
-    """Seconds per token from a measured latency profile (eval/latency.py)."""
+class ShapeCosts:
+    """Seconds of one profiled shape (eval/latency.py): sub-layer prices, the fixed rest, total."""
 
-    attention_costs: UnitCosts
-    mlp_costs: UnitCosts
-    name, unit = "latency", "seconds per token"
+    name: str
+    weight: float
+    attention: UnitCosts
+    mlp: UnitCosts
+    fixed: float  # what no pruning removes: embedding, final norm, LM head, overhead
+    total: float  # the model's measured seconds at this shape
+    head: float = 0.0  # of ``fixed``: embedding, final norm and LM head timed on their own
+
+
+@dataclass(frozen=True)
+class LatencyCost(CostModel):
+    """Fractions of the model's measured time, over a weighted mix of profiled shapes.
+
+    A unit costs the weighted mean over shapes of its seconds divided by the model's measured
+    seconds at that shape; the fixed parts (embedding, final norm, LM head, overhead) are
+    :attr:`model_fixed`, so the dense model's whole cost is one and a ratio is a fraction of
+    the time the model takes.
+    """
+
+    shapes: tuple[ShapeCosts, ...]
+    name, unit = "latency", "fraction of the model's measured prefill time"
+
+    def __post_init__(self) -> None:
+        if not self.shapes or sum(s.weight for s in self.shapes) <= 0:
+            raise ValueError("a latency cost needs at least one shape of positive weight")
+
+    def _mean(self, seconds) -> float:
+        weights = sum(s.weight for s in self.shapes)
+        return sum(s.weight * seconds(s) / s.total for s in self.shapes) / weights
+
+    def _unit_costs(self, part: str) -> UnitCosts:
+        return UnitCosts(*(self._mean(lambda s, f=f: getattr(getattr(s, part), f))
+                           for f in ("per_unit", "per_group", "fixed")))
 
     def attention(self, layer: LayerAdapter) -> UnitCosts:
-        return self.attention_costs
+        return self._unit_costs("attention")
 
     def mlp(self, layer: LayerAdapter) -> UnitCosts:
-        return self.mlp_costs
+        return self._unit_costs("mlp")
+
+    @property
+    def model_fixed(self) -> float:
+        return self._mean(lambda s: s.fixed)
+
+    def describe(self) -> dict[str, dict[str, float]]:
+        """Per shape, in seconds: the model's time, its fixed part and the head within it."""
+        return {s.name: {"weight": s.weight, "model_s": s.total, "fixed_s": s.fixed,
+                         "head_s": s.head, "overhead_s": s.fixed - s.head}
+                for s in self.shapes}
+
+    def at(self, name: str) -> LatencyCost:
+        """The same currency at one of its shapes alone (its per-shape fractions)."""
+        shape = next(s for s in self.shapes if s.name == name)
+        return type(self)((replace(shape, weight=1.0),))
+
+
+class DecodeLatencyCost(LatencyCost):
+    """:class:`LatencyCost` of decode steps: one new token with a KV cache."""
+
+    name, unit = "latency_decode", "fraction of the model's measured decode-step time"
