@@ -172,8 +172,10 @@ def test_whole_model_latency_budget_met_within_one_unit(make_cfg, monkeypatch, t
     # the dearest unit: a group's last head with its KV head and the attention's fixed part
     scale = 0.1 if target == "latency_decode" else 1.0  # synthetic_profiles' decode step
     largest_unit = scale * (ATTENTION.per_unit + ATTENTION.per_group + ATTENTION.fixed)
-    (shape,) = details["latency_profiles"][target].values()
+    ((name, shape),) = details["latency_profiles"][target].items()
     assert abs(details["achieved"][target] - 0.3) <= largest_unit / shape["model_s"]
+    assert details["achieved_by_shape"][f"{target}/{name}"] == pytest.approx(
+        details["achieved"][target])
     assert results["pruning"]["ratio_asked"] == pytest.approx(0.3)
 
 

@@ -39,6 +39,16 @@ def _in_multirun() -> bool:
         return False
 
 
+def objective_value(cfg: DictConfig, record: ResultsRecord | None) -> float | None:
+    """The metric ``cfg.objective`` names, for a sweeper to minimise (NaN: a failed trial)."""
+    name = cfg.get("objective")
+    if name is None:
+        return None
+    if record is None:
+        return float("nan")
+    return float(record.flat_metrics()[name])
+
+
 def run_job(cfg: DictConfig) -> ResultsRecord | None:
     """Run one job; turn user errors into a message (and exit code 1 outside sweeps)."""
     try:

@@ -46,6 +46,7 @@ from prunelab.schedules.targets import (
     cost_model_for,
     prunable_ratio,
     reported_currencies,
+    shape_currencies,
     whole_cost,
     zero_scores,
 )
@@ -97,7 +98,9 @@ class _Stage:
                                                           cost_model)
         for name, reason in unavailable.items():
             log.warning("No achieved %s fraction for this run: %s", name, reason)
-        totals_before = {name: whole_cost(layers, model) for name, model in currencies.items()}
+        by_shape = shape_currencies(currencies)
+        totals_before = {name: whole_cost(layers, model)
+                         for name, model in {**currencies, **by_shape}.items()}
         # latency ratios are of the whole model's time; the schedules divide prunable costs
         self.params = replace(params, ratio=prunable_ratio(params.ratio, layers, cost_model))
         self.schedule = SCHEDULES.get(self.job.schedule.name)(self.params)
@@ -147,6 +150,8 @@ class _Stage:
                                      currencies.items() if isinstance(model, LatencyCost)},
                 "achieved": achieved_fractions(totals_before, loaded.adapter.layers,
                                                currencies),
+                "achieved_by_shape": achieved_fractions(totals_before, loaded.adapter.layers,
+                                                        by_shape),
                 "achieved_unavailable": unavailable,
                 "bias_compensation": method.bias_compensation,
                 "memory_kind": meter.memory_kind,

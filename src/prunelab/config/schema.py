@@ -334,9 +334,32 @@ class RunConfig:
     overwrite: bool = False  # re-run a job whose results.json is complete
     save_model: bool = False  # save the (pruned) model as a Hugging Face folder in the job
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    #: ``ppl/<name>`` of one of the benchmark's perplexities, returned to a Hydra sweeper that
+    #: minimises it (hydra/sweeper=optuna); never a test split
+    objective: str | None = None
 
     def check(self) -> list[str]:
-        """Recovery text that an evaluated split also holds is refused unless allowed."""
+        """A valid objective; recovery text that an evaluated split holds only if allowed."""
+        return self._objective_problems() + self._recovery_problems()
+
+    def _objective_problems(self) -> list[str]:
+        if self.objective is None:
+            return []
+        kind, _, name = self.objective.partition("/")
+        spec = self.benchmark.perplexity.get(name) if kind == "ppl" else None
+        if spec is None:
+            named = ", ".join(f"ppl/{n}" for n in self.benchmark.perplexity) or "none"
+            return [f"objective={self.objective!r} is not a perplexity of benchmark "
+                    f"{self.benchmark.name} (it has: {named}). The objective is ppl/<name> of "
+                    "one of the benchmark's perplexities."]
+        if spec.split == "test":
+            return [f"objective={self.objective!r} is measured on the {spec.dataset} test "
+                    "split: tuning on it would report a tuned test figure. Tune on a "
+                    "validation split (benchmark=tune_validation: C4 train documents no "
+                    "evaluation uses) and evaluate the best trial on the test sets once."]
+        return []
+
+    def _recovery_problems(self) -> list[str]:
         if not self.recovery.enabled or self.recovery.allow_eval_overlap:
             return []
         return [f"recovery.data ({self.recovery.data.dataset} {self.recovery.data.split} "

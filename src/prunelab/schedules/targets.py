@@ -123,6 +123,12 @@ def reported_currencies(params: Any, loaded: RunningModel, speed: Any, cache_dir
     return models, missing
 
 
+def shape_currencies(models: dict[str, CostModel]) -> dict[str, CostModel]:
+    """Each latency currency at each of its shapes alone, as ``<currency>/<shape>``."""
+    return {f"{name}/{shape.name}": model.at(shape.name) for name, model in models.items()
+            if isinstance(model, LatencyCost) for shape in model.shapes}
+
+
 def prunable_ratio(ratio: float, layers: list[LayerAdapter], cost_model: CostModel) -> float:
     """The fraction of the prunable cost that removes ``ratio`` of the whole model's cost."""
     prunable = total_cost(layers, cost_model)

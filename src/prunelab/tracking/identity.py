@@ -2,11 +2,11 @@
 
 A job's *fingerprint* hashes the parts of its resolved config that can change its numbers:
 not where files go (``paths``), how it is logged (``logger``), its name in a sweep
-(``experiment_name``) or the resume switches (``overwrite``, ``save_model``). A method that
-removes nothing ignores the schedule and calibration, a method that reads no calibration
-data ignores calibration, and ``recovery=none`` adds nothing (old results keep their
-fingerprints), so ``method=dense`` at three ratios is one job. Resume checks and table rows
-use it.
+(``experiment_name``), the resume switches (``overwrite``, ``save_model``) or the metric a
+sweeper reads (``objective``). A method that removes nothing ignores the schedule and
+calibration, a method that reads no calibration data ignores calibration, and
+``recovery=none`` adds nothing (old results keep their fingerprints), so ``method=dense`` at
+three ratios is one job. Resume checks and table rows use it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 from prunelab.registry import METHODS
 
-_NOT_RESULT_CHANGING = ("paths", "logger", "experiment_name", "overwrite", "save_model")
+_NOT_RESULT_CHANGING = ("paths", "logger", "experiment_name", "overwrite", "save_model",
+                        "objective")
 #: Options added after jobs had been run: (section, switch, the switch's value that means "as
 #: before the option existed", keys dropped then; None drops the whole section). A job at that
 #: value is the job it was before, so it keeps its old fingerprint.
