@@ -81,8 +81,10 @@ class _Stage:
         self.method = method
         self.loaded = loaded
         self.job = job
-        self.params = job.schedule.params  # the schedule's, ratio of the prunable cost
-        self.schedule: Schedule = SCHEDULES.get(job.schedule.name)(self.params)
+        #: the schedule's parameters with the ratio of the prunable cost, and the schedule
+        #: (made in run(), once the budget's currency is known)
+        self.params = job.schedule.params
+        self.schedule: Schedule | None = None
         self.meter = PhaseMeter(loaded.device)
         self.info: dict[str, Any] = {"used": bool(method.statistics)}
 
