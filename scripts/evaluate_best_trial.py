@@ -8,7 +8,8 @@ C4 perplexity) and runs that one job, so the test sets are seen once, by the cho
 
     .venv/bin/python scripts/evaluate_best_trial.py \
         outputs/experiments/tune_dynamic/smollm2_135m-latency-0.3
-    .venv/bin/python scripts/evaluate_best_trial.py <sweep dir> --benchmark interaction_pareto
+    .venv/bin/python scripts/evaluate_best_trial.py <sweep dir> --benchmark interaction_pareto \
+        benchmark.zero_shot.limit=50          # more overrides of the test job after the folder
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from prunelab.config.compose import compose_job
 from prunelab.errors import PrunelabError
 
 
-def best_trial_overrides(sweep_dir: Path, benchmark: str) -> list[str]:
-    """The study's overrides with its best parameters, on ``benchmark`` without objective."""
+def best_trial_overrides(sweep_dir: Path, benchmark: str, extra: list[str]) -> list[str]:
+    """The study's overrides with its best parameters on ``benchmark`` (no objective), then
+    ``extra``.
+    """
     results = sweep_dir / "optimization_results.yaml"
     trials = sorted(sweep_dir.glob("*/.hydra/overrides.yaml"))
     if not results.is_file() or not trials:
@@ -38,19 +41,20 @@ def best_trial_overrides(sweep_dir: Path, benchmark: str) -> list[str]:
     kept = [o for o in study if o.split("=", 1)[0].lstrip("+~") not in best
             and not o.startswith(("hydra.", "benchmark", "objective="))]
     return [*kept, *(f"{key}={value}" for key, value in best.items()),
-            f"benchmark={benchmark}", "objective=null"]
+            f"benchmark={benchmark}", "objective=null", *extra]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("overrides", nargs="*", help="more overrides of the test job")
     parser.add_argument("--benchmark", default="default", help="the test suite (conf/benchmark)")
     parser.add_argument("--out", type=Path, help="job folder (default: <sweep dir>/best-<suite>)")
     args = parser.parse_args()
     configure_logging()
     try:
-        overrides = best_trial_overrides(args.sweep_dir, args.benchmark)
+        overrides = best_trial_overrides(args.sweep_dir, args.benchmark, args.overrides)
     except PrunelabError as err:
         raise SystemExit(str(err)) from None
     print("best trial:", " ".join(overrides))
