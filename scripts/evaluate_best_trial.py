@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more overrides of the test job")
     parser.add_argument("--benchmark", default="default", help="the test suite (conf/benchmark)")
     parser.add_argument("--out", type=Path, help="job folder (default: <sweep dir>/best-<suite>)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options
     configure_logging()
     try:
         overrides = best_trial_overrides(args.sweep_dir, args.benchmark, args.overrides)

@@ -12,7 +12,7 @@ from hydra.errors import MissingConfigException
 
 from prunelab.config.schema import validate
 from prunelab.errors import PrunelabError
-from prunelab.tracking.plots import pareto_front, plot_pareto
+from prunelab.tracking.plots import pareto_front, plot_metric_vs_ratio, plot_pareto
 from prunelab.tracking.tables import (
     MISSING,
     ResultTable,
@@ -290,3 +290,4 @@ def test_speedups_show_with_their_intervals_in_tables_and_the_pareto_plot(tmp_pa
     assert csv_header[-4:] == ["speedup/prefill_1x512", "speedup/prefill_1x512/low",
                                "speedup/prefill_1x512/high", "failed"]
     assert plot_pareto(table, tmp_path / "pareto.png").is_file()
+    assert plot_metric_vs_ratio(table, tmp_path / "metrics.png").is_file()

@@ -14,16 +14,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 AXIS_LABELS = {"ppl": "perplexity", "accuracy": "accuracy (%)",
-               "latency": "prefill latency (ms)", "throughput": "decode tokens/s"}
+               "latency": "prefill latency (ms)", "throughput": "decode tokens/s",
+               "speedup": "speed-up over dense (x)"}
 
 
 def _save(fig, path: Path) -> Path:
     """Write ``fig`` as a PNG and free it (figures are only ever written, never shown)."""
     fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the panels: sweep row labels can be long (differing settings)."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def plot_kept_units(layers_before: list[LayerSizes], layers_after: list[LayerSizes],
@@ -128,7 +134,7 @@ def plot_metric_vs_ratio(table, path: Path) -> Path:
         ax.set_title(column.label)
         ax.set_xlabel("pruning ratio")
         ax.set_ylabel(AXIS_LABELS[column.kind])
-    axes[0][-1].legend(fontsize=7)
+    _legend_outside(axes[0][-1])
     fig.suptitle(table.model, fontsize=10)
     return _save(fig, path)
 
@@ -183,10 +189,10 @@ def plot_pareto(table, path: Path) -> Path | None:
         if column.kind == "ppl":
             ax.set_yscale("log")
         ax.set_xlabel(f"{latency.key.split('/', 1)[1].replace('_', ' ')} latency relative to "
-                      "dense (bars: confidence interval)" if speedup
+                      "dense\n(bars: confidence interval)" if speedup
                       else f"measured {latency.label}")
         ax.set_ylabel(f"{column.label} {AXIS_LABELS[column.kind]}")
-    axes[0][-1].legend(fontsize=7)
+    _legend_outside(axes[0][-1])
     fig.suptitle(table.model, fontsize=10)
     return _save(fig, path)
 
