@@ -114,23 +114,25 @@ def test_latency_currency_equals_a_hand_computation(monkeypatch):
     fits = {"1x16": (SubLayerFit(2e-6, 1e-6, 10e-6), SubLayerFit(1e-7, 0.0, 5e-6), 3e-5, 1e-5),
             "4x16": (SubLayerFit(6e-6, 4e-6, 20e-6), SubLayerFit(3e-7, 0.0, 9e-6), 8e-5, 5e-5)}
 
+    def block(attention, mlp):  # 6 heads on 2 KV heads, 40 channels
+        return (attention.fixed + 6 * attention.per_unit + 2 * attention.per_group
+                + mlp.fixed + 40 * mlp.per_unit)
+
+    totals = {name: 3 * block(attention, mlp) + fixed  # 3 blocks
+              for name, (attention, mlp, fixed, _) in fits.items()}
+
     def profile(model, adapter, device, shape, vocab_size, cache_dir):
-        attention, mlp, fixed, head = fits[shape.name]
-        blocks = latency.blocks_time(adapter, attention, mlp)
-        return ShapeProfile(shape, attention, mlp, blocks + fixed, head, blocks)
+        attention, mlp, _, head = fits[shape.name]
+        return ShapeProfile(shape, attention, mlp, totals[shape.name], head)
 
     monkeypatch.setattr(latency, "shape_profile", profile)
     loaded = _loaded()
     params = ScheduleParams(target="latency", target_shapes=[[1, 16], [4, 16]],
                             target_weights=[1.0, 3.0])
     cost = cost_model_for(params, loaded, SpeedSpec(), "unused")
-    g = loaded.adapter.layers[0].geometry  # 6 heads on 2 KV heads, 40 channels, 3 blocks
-    totals = {}
-    for name, (attention, mlp, fixed, _) in fits.items():
-        block = (attention.fixed + 6 * attention.per_unit + 2 * attention.per_group
-                 + mlp.fixed + 40 * mlp.per_unit)
-        totals[name] = 3 * block + fixed
-    assert g.num_heads == 6 and g.num_kv_heads == 2 and g.intermediate_size == 40
+    g = loaded.adapter.layers[0].geometry
+    assert len(loaded.adapter.layers) == 3
+    assert (g.num_heads, g.num_kv_heads, g.intermediate_size) == (6, 2, 40)
     per_head = (1 * 2e-6 / totals["1x16"] + 3 * 6e-6 / totals["4x16"]) / 4
     assert cost.attention(loaded.adapter.layers[0]).per_unit == pytest.approx(per_head)
     fixed = (1 * 3e-5 / totals["1x16"] + 3 * 8e-5 / totals["4x16"]) / 4

@@ -18,15 +18,17 @@ def synthetic_cost(fixed: float = 0.0, total: float = 1.0) -> LatencyCost:
 
 def synthetic_profiles(head_s: float = 2e-4, overhead_s: float = 1e-4):
     """A stand-in for latency.shape_profile: the synthetic fits, the model's time their sum
-    plus ``head_s + overhead_s``, and the decode step a tenth of each."""
+    over the blocks plus ``head_s + overhead_s``, and the decode step a tenth of each."""
 
     def profile(model, adapter, device, shape, vocab_size, cache_dir):
         scale = 0.1 if shape.kind == "decode" else shape.batch * shape.seqlen / 128
         attention, mlp = (latency.SubLayerFit(*(scale * v for v in vars(fit).values()))
                           for fit in (ATTENTION, MLP))
-        blocks = latency.blocks_time(adapter, attention, mlp)
+        blocks = sum(attention.fixed + attention.per_unit * layer.geometry.num_heads
+                     + attention.per_group * layer.geometry.num_kv_heads
+                     + mlp.fixed + mlp.per_unit * layer.geometry.intermediate_size
+                     for layer in adapter.layers)
         return latency.ShapeProfile(shape, attention, mlp,
-                                    blocks + scale * (head_s + overhead_s), scale * head_s,
-                                    blocks)
+                                    blocks + scale * (head_s + overhead_s), scale * head_s)
 
     return profile

@@ -13,9 +13,8 @@ count:
 * the model itself is timed as the speed benchmark times it (eval/speed.py: a forward without
   cache; decode steps after an untimed prompt), so the profile's total is the model's measured
   time, not a sum of parts;
-* what the fitted sub-layers do not explain is the model's fixed part: the embedding, final
-  norm and LM head (timed on their own, ``head_s``) and the rest (``overhead_s``: rotary
-  tables, masks, Python, the cache bookkeeping).
+* the embedding, final norm and LM head are timed on their own (``head_s``); what the fitted
+  sub-layers do not explain of the model's time is its fixed part (schedules/targets.py).
 
 Profiles are cached per (device, dtype, threads, model geometry, shape), so each is measured
 once. schedules/targets.py turns them into the ``latency`` and ``latency_decode`` currencies.
@@ -38,6 +37,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from prunelab.atomic import write_text_atomic
 from prunelab.errors import PrunelabError
+from prunelab.eval.intervals import interleaved_times
 from prunelab.eval.speed import decode_steps, time_calls
 from prunelab.models.adapters import LayerGeometry, ModelAdapter
 
@@ -85,30 +85,17 @@ class SubLayerFit:
 
 @dataclass(frozen=True)
 class ShapeProfile:
-    """The model's time at one shape, split into fitted sub-layers and the fixed rest."""
+    """What was measured at one shape: the sub-layer fits, the model's time, its head part.
+
+    The fixed part (the model's time beyond its fitted sub-layers) is derived where the
+    sub-layers are priced, schedules/targets.py.
+    """
 
     shape: LatencyShape
     attention: SubLayerFit
     mlp: SubLayerFit
     model_s: float  # the model's measured seconds per call (prefill) or per step (decode)
     head_s: float  # embedding, final norm and LM head, timed on their own
-    blocks_s: float  # the fitted sub-layers of every block, summed
-
-    @property
-    def fixed_s(self) -> float:
-        """What pruning cannot remove: the model's time beyond its fitted sub-layers."""
-        return self.model_s - self.blocks_s
-
-    @property
-    def overhead_s(self) -> float:
-        """The fixed part beyond embedding, final norm and LM head."""
-        return self.fixed_s - self.head_s
-
-    def describe(self) -> dict[str, Any]:
-        return {"shape": self.shape.name, "weight": self.shape.weight, "model_s": self.model_s,
-                "blocks_s": self.blocks_s, "head_s": self.head_s,
-                "overhead_s": self.overhead_s, "attention": asdict(self.attention),
-                "mlp": asdict(self.mlp)}
 
 
 def fit(points: Points) -> list[float]:
@@ -132,19 +119,6 @@ def fit_sublayers(attention: Points, mlp: Points, where: str) -> tuple[SubLayerF
     # removed sub-layer never makes the model slower, so they are floored at zero.
     return (SubLayerFit(per_head, max(per_kv, 0.0), max(a0, 0.0)),
             SubLayerFit(per_channel, 0.0, max(b0, 0.0)))
-
-
-def blocks_time(adapter: ModelAdapter, attention: SubLayerFit, mlp: SubLayerFit) -> float:
-    """Fitted seconds of every block's sub-layers (a removed sub-layer costs nothing)."""
-    total = 0.0
-    for layer in adapter.layers:
-        g = layer.geometry
-        if layer.has_attention:
-            total += attention.fixed + attention.per_unit * g.num_heads \
-                + attention.per_group * g.num_kv_heads
-        if layer.has_mlp:
-            total += mlp.fixed + mlp.per_unit * g.intermediate_size
-    return total
 
 
 def _median_time(fn: Callable[[], Any], device: torch.device) -> float:
@@ -236,9 +210,9 @@ def measure_model(model: torch.nn.Module, adapter: ModelAdapter, device: torch.d
         check_decode_path(model, device)
         ids = torch.randint(vocab_size, (shape.batch, 1), generator=g).to(device)
         prompt = torch.randint(vocab_size, (shape.batch, shape.seqlen), generator=g).to(device)
-        steps = [decode_steps(model, prompt, shape.new_tokens, device) / shape.new_tokens
-                 for _ in range(WARMUP + REPEATS)]
-        model_s = statistics.median(steps[WARMUP:])
+        steps = interleaved_times({"model": lambda: decode_steps(
+            model, prompt, shape.new_tokens, device)}, WARMUP, REPEATS)["model"]
+        model_s = statistics.median(steps) / shape.new_tokens
     embed, norm, head = adapter.embed_tokens, adapter.final_norm, adapter.lm_head
     head_s = _median_time(lambda: head(norm(embed(ids))), device)
     return model_s, head_s
@@ -263,8 +237,7 @@ def shape_profile(model: torch.nn.Module, adapter: ModelAdapter, device: torch.d
         try:
             saved = json.loads(path.read_text())
             attention, mlp = fit_sublayers(saved["attention"], saved["mlp"], where)
-            return ShapeProfile(shape, attention, mlp, saved["model_s"], saved["head_s"],
-                                blocks_time(adapter, attention, mlp))
+            return ShapeProfile(shape, attention, mlp, saved["model_s"], saved["head_s"])
         except (ValueError, KeyError, TypeError) as err:
             log.warning("Latency profile %s is damaged (%s: %s): measuring it again", path,
                         type(err).__name__, err)
@@ -274,12 +247,11 @@ def shape_profile(model: torch.nn.Module, adapter: ModelAdapter, device: torch.d
     attention_points, mlp_points = measure_sublayers(geometry, device, dtype, shape)
     attention, mlp = fit_sublayers(attention_points, mlp_points, where)
     model_s, head_s = measure_model(model, adapter, device, shape, vocab_size)
-    profile = ShapeProfile(shape, attention, mlp, model_s, head_s,
-                           blocks_time(adapter, attention, mlp))
     write_text_atomic(path, json.dumps({"settings": settings, "attention": attention_points,
                                         "mlp": mlp_points, "model_s": model_s, "head_s": head_s,
-                                        "profile": profile.describe()}, indent=1))
-    return profile
+                                        "fit": {"attention": asdict(attention),
+                                                "mlp": asdict(mlp)}}, indent=1))
+    return ShapeProfile(shape, attention, mlp, model_s, head_s)
 
 
 def _device_name(device: torch.device) -> str:

@@ -79,10 +79,13 @@ def _latency_cost(currency: str, loaded: RunningModel, shapes: list[LatencyShape
     for shape in shapes:
         profile = latency.shape_profile(loaded.model, loaded.adapter, loaded.device, shape,
                                         vocab, cache_dir)
-        costs.append(ShapeCosts(shape.name, shape.weight, UnitCosts(
-            profile.attention.per_unit, profile.attention.per_group, profile.attention.fixed),
-            UnitCosts(profile.mlp.per_unit, profile.mlp.per_group, profile.mlp.fixed),
-            profile.fixed_s, profile.model_s, profile.head_s))
+        attention, mlp = (UnitCosts(fit.per_unit, fit.per_group, fit.fixed)
+                          for fit in (profile.attention, profile.mlp))
+        seconds = LatencyCost((ShapeCosts(shape.name, 1.0, attention, mlp, 0.0, 1.0),))
+        # the model's fixed part: its measured time beyond what its sub-layers are priced at
+        fixed = profile.model_s - total_cost(loaded.adapter.layers, seconds)
+        costs.append(ShapeCosts(shape.name, shape.weight, attention, mlp, fixed,
+                                profile.model_s, profile.head_s))
     kind = DecodeLatencyCost if currency == "latency_decode" else LatencyCost
     return kind(tuple(costs))
 
