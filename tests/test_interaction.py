@@ -234,8 +234,9 @@ def test_bad_settings_are_refused(make_cfg, override, message):
 
 def test_latency_budget_without_a_profile_is_an_error(make_cfg, monkeypatch, tmp_path):
     def flat(*_args, **_kwargs):
-        latency.fit_sublayers([([h, k], 1e-5) for h, k in [(4, 4), (2, 2), (1, 1)]],
-                              [([c], 1e-6) for c in (8, 4)], "1x128 on cpu")
+        widths = [(3, 18, 6, 3, 120), (3, 3, 3, 3, 120), (3, 9, 3, 3, 120), (3, 18, 6, 3, 60),
+                  (0, 0, 0, 3, 120), (3, 18, 6, 0, 0), (0, 0, 0, 0, 0)]
+        latency.fit_sublayers([(list(w), 1e-3 - 1e-6 * w[1]) for w in widths], "1x128 on cpu")
 
     monkeypatch.setattr(latency, "shape_profile", flat)
     cfg = make_cfg("model=tiny_llama", "method=interaction", "schedule.target=latency",

@@ -65,11 +65,24 @@ def test_mac_prices_add_up_to_the_mac_count():
         macs["linear"] + macs["attention"])
 
 
+def _synthetic_points(adapter, seconds) -> list[tuple[list[float], float]]:
+    """The dense model and its variants, each timed as ``seconds(features)``."""
+    plans = [latency.dense_plan(adapter)] + [
+        latency.variant_plan(adapter, width)
+        for width in latency.variant_widths(latency.widest(adapter))]
+    features = [latency.plan_features(adapter, plan) for plan in plans]
+    return [(f, seconds(*f)) for f in features]
+
+
 def test_latency_fit_recovers_a_linear_profile():
-    attention = [([h, k], 1e-5 + 2e-6 * h + 5e-7 * k) for h, k in [(9, 3), (3, 3), (3, 1),
-                                                                   (1, 1)]]
-    mlp = [([c], 2e-5 + 1e-8 * c) for c in (1536, 1152, 768, 384)]
-    fitted_attention, fitted_mlp = latency.fit_sublayers(attention, mlp, "test")
+    adapter = adapter_for(tiny_model("gqa", layers=3))
+
+    def seconds(attention_blocks, heads, kv_heads, mlp_blocks, channels):
+        return (1e-4 + 1e-5 * attention_blocks + 2e-6 * heads + 5e-7 * kv_heads
+                + 2e-5 * mlp_blocks + 1e-8 * channels)
+
+    fitted_attention, fitted_mlp = latency.fit_sublayers(_synthetic_points(adapter, seconds),
+                                                         "test")
     assert fitted_attention.fixed == pytest.approx(1e-5)
     assert fitted_attention.per_unit == pytest.approx(2e-6)
     assert fitted_attention.per_group == pytest.approx(5e-7)
@@ -77,28 +90,42 @@ def test_latency_fit_recovers_a_linear_profile():
 
 
 def test_latency_profile_refused_when_time_does_not_grow():
-    flat = [([h, k], 1e-5 - 1e-7 * h) for h, k in [(4, 2), (2, 2), (2, 1), (1, 1)]]
+    adapter = adapter_for(tiny_model("gqa", layers=3))
+    flat = _synthetic_points(adapter, lambda nA, h, k, nM, c: 1e-5 - 1e-7 * h + 1e-6 * c)
     with pytest.raises(PrunelabError, match="latency profile is not possible at 1x8 on cpu"):
-        latency.fit_sublayers(flat, [([c], 1e-6 * c) for c in (8, 4)], "1x8 on cpu")
+        latency.fit_sublayers(flat, "1x8 on cpu")
+
+
+def test_variants_keep_the_same_width_in_every_block():
+    """6 heads on 2 KV heads, 40 channels: fewer heads per group, fewer groups, fewer
+    channels, then no attention, no MLP, neither; MHA varies heads and KV heads together."""
+    adapter = adapter_for(tiny_model("gqa", layers=3))
+    widths = latency.variant_widths(latency.widest(adapter))
+    assert widths == [((2, 2), 40), ((3, 1), 40), ((6, 2), 10), ((6, 2), 20), (None, 40),
+                      ((6, 2), None), (None, None)]
+    plan = latency.variant_plan(adapter, ((2, 2), 20))
+    assert all(layer.heads == [0, 3] and layer.channels == list(range(20))
+               for layer in plan.layers)  # one query head of each KV group
+    assert latency.plan_features(adapter, plan) == [3, 6, 6, 3, 60]
+    assert latency.plan_features(adapter, latency.variant_plan(adapter, (None, None))) == [0] * 5
+    mha = latency.widest(adapter_for(tiny_model("mha", layers=1)))
+    assert [w for w, c in latency.variant_widths(mha)][:2] == [
+        (1, 1), (mha.num_heads // 2, mha.num_heads // 2)]
 
 
 @pytest.mark.parametrize("shape", [LatencyShape("prefill", 2, 8),
                                    LatencyShape("decode", 1, 16, 4)])
-def test_measured_points_cover_the_widths(shape):
-    geometry = adapter_for(tiny_model("gqa")).layers[0].geometry
-    attention, mlp = latency.measure_sublayers(geometry, torch.device("cpu"), torch.float32,
-                                               shape)
-    assert sorted(tuple(x) for x, _ in attention) == [(1, 1), (2, 2), (3, 1), (6, 2)]
-    assert sorted(x[0] for x, _ in mlp) == [10, 20, 30, 40]
-    assert all(t > 0 for _, t in attention + mlp)
-
-
-@pytest.mark.parametrize("shape", [LatencyShape("prefill", 2, 8),
-                                   LatencyShape("decode", 1, 16, 4)])
-def test_model_and_head_are_timed_at_the_shape(shape):
-    model = tiny_model("gqa")
-    model_s, head_s = latency.measure_model(model, adapter_for(model), torch.device("cpu"),
-                                            shape, model.config.vocab_size)
+def test_model_and_its_variants_are_timed_at_the_shape(shape):
+    model = tiny_model("gqa", layers=3)
+    adapter = adapter_for(model)
+    points, model_s = latency.measure_variants(model, adapter, torch.device("cpu"), shape,
+                                               model.config.vocab_size)
+    assert points[0] == ([3, 18, 6, 3, 120], model_s)
+    assert [f for f, _ in points[1:]] == [
+        latency.plan_features(adapter, latency.variant_plan(adapter, width))
+        for width in latency.variant_widths(latency.widest(adapter))]
+    assert all(t > 0 for _, t in points)
+    head_s = latency.head_seconds(adapter, torch.device("cpu"), shape, model.config.vocab_size)
     assert model_s > head_s > 0
 
 

@@ -2,19 +2,19 @@
 
 A shape is a prefill call of ``batch x seqlen`` tokens, or one decode step (one new token) with
 a KV cache of ``context`` positions. At each shape, on the running device, dtype and thread
-count:
+count, the model is timed as the speed benchmark times it (eval/speed.py: a forward without
+cache; decode steps after an untimed prompt), and so is each of a few pruned variants of it
+(models/surgery.py) in which every block keeps the same width: fewer query heads, fewer KV
+heads, fewer channels, no attention, no MLP, neither. Least squares over these whole-model
+times fits, per block, ``fixed + per_head * heads + per_kv * kv_heads`` for attention and
+``fixed + per_channel * channels`` for the MLP (a sub-layer's fixed part is paid while it keeps
+any unit), plus the model's own fixed part.
 
-* an attention sub-layer (RMSNorm, q/k/v projections, rotary embedding, the decode step's
-  cache append, causal scaled-dot-product attention with grouped KV heads, o projection,
-  residual add) is timed at several (query heads, KV heads) widths, and an MLP sub-layer
-  (RMSNorm, gate/up, SiLU, down, residual add) at several channel counts; least squares fits
-  seconds per call ``fixed + per_head * heads + per_kv * kv_heads`` and
-  ``fixed + per_channel * channels``;
-* the model itself is timed as the speed benchmark times it (eval/speed.py: a forward without
-  cache; decode steps after an untimed prompt), so the profile's total is the model's measured
-  time, not a sum of parts;
-* the embedding, final norm and LM head are timed on their own (``head_s``); what the fitted
-  sub-layers do not explain of the model's time is its fixed part (schedules/targets.py).
+Timing whole models rather than sub-layers on their own matters: a sub-layer timed alone runs
+with its weights hot in the processor's caches and none of the per-module overhead, which
+priced a SmolLM2 decode step's blocks at a quarter of their real cost (their weights stream
+from memory in the model). The embedding, final norm and LM head are also timed on their own
+(``head_s``), to split the fixed part for diagnostics (schedules/targets.py derives it).
 
 Profiles are cached per (device, dtype, threads, model geometry, shape), so each is measured
 once. schedules/targets.py turns them into the ``latency`` and ``latency_decode`` currencies.
@@ -32,19 +32,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from tqdm.auto import tqdm
 
 from prunelab.atomic import write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.eval.intervals import interleaved_times
-from prunelab.eval.speed import decode_steps, time_calls
-from prunelab.models.adapters import LayerGeometry, ModelAdapter
+from prunelab.eval.speed import decode_steps, time_calls, timed
+from prunelab.models.adapters import LayerAdapter, LayerGeometry, ModelAdapter
+from prunelab.models.plan import LayerPlan, PruningPlan
+from prunelab.models.surgery import prune_model
 
 log = logging.getLogger(__name__)
-PROFILE_VERSION = 2
-WARMUP, REPEATS = 2, 7
+PROFILE_VERSION = 3
+WARMUP, REPEATS = 1, 7
+#: Per block summed over the model: blocks with attention, query heads, KV heads, blocks with
+#: an MLP, channels; then the measured seconds.
 Points = list[tuple[list[float], float]]
+#: What every block keeps in a variant: (query heads, KV heads) or None, channels or None.
+Width = tuple[tuple[int, int] | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -105,10 +110,9 @@ def fit(points: Points) -> list[float]:
     return torch.linalg.lstsq(x, y).solution.flatten().tolist()
 
 
-def fit_sublayers(attention: Points, mlp: Points, where: str) -> tuple[SubLayerFit, SubLayerFit]:
-    """Fit both sub-layers; refuse a profile in which more units do not cost more time."""
-    a0, per_head, per_kv = fit(attention)
-    b0, per_channel = fit(mlp)
+def fit_sublayers(points: Points, where: str) -> tuple[SubLayerFit, SubLayerFit]:
+    """Fit both sub-layers from whole-model times; refuse one where units cost nothing."""
+    _, attention_fixed, per_head, per_kv, mlp_fixed, per_channel = fit(points)
     if per_head <= 0 or per_channel <= 0:
         raise PrunelabError(
             f"A latency profile is not possible at {where}: the measured time does not grow "
@@ -117,73 +121,72 @@ def fit_sublayers(attention: Points, mlp: Points, where: str) -> tuple[SubLayerF
             "schedule.target=macs, or larger schedule.target_shapes.")
     # Fixed costs and the per-KV-head share may fit slightly negative from noise; a unit or a
     # removed sub-layer never makes the model slower, so they are floored at zero.
-    return (SubLayerFit(per_head, max(per_kv, 0.0), max(a0, 0.0)),
-            SubLayerFit(per_channel, 0.0, max(b0, 0.0)))
+    return (SubLayerFit(per_head, max(per_kv, 0.0), max(attention_fixed, 0.0)),
+            SubLayerFit(per_channel, 0.0, max(mlp_fixed, 0.0)))
 
 
-def _median_time(fn: Callable[[], Any], device: torch.device) -> float:
-    return statistics.median(time_calls(fn, device, WARMUP, REPEATS))
+def widest(adapter: ModelAdapter) -> LayerGeometry:
+    """The block geometry the variants' widths are chosen from (narrower blocks keep all)."""
+    return max((layer.geometry for layer in adapter.layers),
+               key=lambda g: (g.num_heads, g.intermediate_size))
 
 
-def _widths(geometry: LayerGeometry) -> tuple[list[tuple[int, int]], list[int]]:
-    """(query heads, KV heads) and channel counts the fits are measured at."""
+def variant_widths(geometry: LayerGeometry) -> list[Width]:
+    """Widths timed besides the model: narrower attention, narrower MLP, sub-layers gone.
+
+    Narrower attention keeps the MLP whole and the reverse; then no attention, no MLP, neither.
+    """
     kv, group, ffn = geometry.num_kv_heads, geometry.num_heads // geometry.num_kv_heads, \
         geometry.intermediate_size
-    heads = [(k * g, k) for k in sorted({kv, max(1, kv // 2), 1})
-             for g in sorted({group, max(1, group // 2)})]
-    if len(heads) < 3:  # one KV head and one head per group: vary the heads alone
-        heads = [(h, 1) for h in sorted({geometry.num_heads, max(1, geometry.num_heads // 2), 1})]
-    channels = sorted({ffn, 3 * ffn // 4, ffn // 2, max(1, ffn // 4)})
-    return heads, channels
+    dense_heads = (geometry.num_heads, kv)
+    # fewer heads per KV group, and fewer groups: per-head and per-KV-head times apart
+    heads = sorted({(kv * max(1, group // 2), kv), (group * max(1, kv // 2), max(1, kv // 2))}
+                   - {dense_heads})
+    if len(heads) < 2:  # one KV head, or one head per group: vary the heads alone
+        heads = sorted({(h, min(h, kv)) for h in {max(1, geometry.num_heads // 2), 1}}
+                       - {dense_heads})
+    channels = sorted({ffn // 2, max(1, ffn // 4)} - {ffn})
+    return ([(h, ffn) for h in heads] + [(dense_heads, c) for c in channels]
+            + [(None, ffn), (dense_heads, None), (None, None)])
 
 
-@torch.no_grad()
-def measure_sublayers(geometry: LayerGeometry, device: torch.device, dtype: torch.dtype,
-                      shape: LatencyShape) -> tuple[Points, Points]:
-    """Seconds per call of attention at (heads, kv_heads) widths and MLP at channel counts."""
-    d, hd = geometry.hidden_size, geometry.head_dim
-    batch = shape.batch
-    seqlen = shape.seqlen if shape.kind == "prefill" else 1
-    g = torch.Generator().manual_seed(0)
+def _kept_heads(layer: LayerAdapter, width: tuple[int, int] | None) -> list[int]:
+    """Of the first ``kv`` KV heads, the first ``query // kv`` query heads each."""
+    if width is None:
+        return []
+    query, kv = width
+    groups: dict[int, list[int]] = {}
+    for head, group in enumerate(layer.kv_head_of()):
+        groups.setdefault(group, []).append(head)
+    return sorted(h for g in sorted(groups)[:kv] for h in groups[g][:query // kv])
 
-    def weight(rows: int, cols: int) -> torch.Tensor:
-        return (torch.randn(rows, cols, generator=g) / cols ** 0.5).to(device, dtype)
 
-    x = torch.randn(batch, seqlen, d, generator=g).to(device, dtype)
-    cos = torch.randn(batch, seqlen, hd, generator=g).to(device, dtype)
-    sin = torch.randn(batch, seqlen, hd, generator=g).to(device, dtype)
-    norm_w = torch.ones(d, device=device, dtype=dtype)
-    head_widths, channel_counts = _widths(geometry)
-    attention = []
-    for h, k in head_widths:
-        wq, wk, wv, wo = weight(h * hd, d), weight(k * hd, d), weight(k * hd, d), \
-            weight(d, h * hd)
-        cached = [torch.randn(batch, k, shape.context, hd, generator=g).to(device, dtype)
-                  for _ in range(2)] if shape.kind == "decode" else None
+def variant_plan(adapter: ModelAdapter, width: Width) -> PruningPlan:
+    """Every block keeps the same heads and channels (as many as it has)."""
+    heads, channels = width
+    return PruningPlan([LayerPlan(_kept_heads(layer, heads),
+                                  list(range(min(channels or 0,
+                                                 layer.geometry.intermediate_size))))
+                        for layer in adapter.layers])
 
-        def attn(h=h, k=k, wq=wq, wk=wk, wv=wv, wo=wo, cached=cached):
-            n = F.rms_norm(x, (d,), norm_w)
-            q = F.linear(n, wq).view(batch, seqlen, h, hd).transpose(1, 2)
-            key = F.linear(n, wk).view(batch, seqlen, k, hd).transpose(1, 2)
-            value = F.linear(n, wv).view(batch, seqlen, k, hd).transpose(1, 2)
-            q, key = apply_rotary_pos_emb(q, key, cos, sin)
-            if cached is not None:  # the cache appends this step's keys and values
-                key, value = torch.cat([cached[0], key], 2), torch.cat([cached[1], value], 2)
-            out = F.scaled_dot_product_attention(q, key, value, is_causal=cached is None,
-                                                 enable_gqa=True)
-            return x + F.linear(out.transpose(1, 2).reshape(batch, seqlen, h * hd), wo)
 
-        attention.append(([h, k], _median_time(attn, device)))
-    mlp = []
-    for c in channel_counts:
-        wg, wu, wd = weight(c, d), weight(c, d), weight(d, c)
+def plan_features(adapter: ModelAdapter, plan: PruningPlan) -> list[float]:
+    """Blocks with attention, query heads, KV heads, blocks with an MLP, channels."""
+    features = [0.0] * 5
+    for layer, keep in zip(adapter.layers, plan.layers):
+        kv_of = layer.kv_head_of()
+        for i, value in enumerate((bool(keep.heads), len(keep.heads),
+                                   len({kv_of[h] for h in keep.heads}), bool(keep.channels),
+                                   len(keep.channels))):
+            features[i] += value
+    return features
 
-        def block(wg=wg, wu=wu, wd=wd):
-            n = F.rms_norm(x, (d,), norm_w)
-            return x + F.linear(F.silu(F.linear(n, wg)) * F.linear(n, wu), wd)
 
-        mlp.append(([c], _median_time(block, device)))
-    return attention, mlp
+def dense_plan(adapter: ModelAdapter) -> PruningPlan:
+    """The plan that keeps everything (the model itself)."""
+    return PruningPlan([LayerPlan(list(range(layer.geometry.num_heads)) if layer.has_attention
+                                  else [], list(range(layer.geometry.intermediate_size))
+                                  if layer.has_mlp else []) for layer in adapter.layers])
 
 
 def check_decode_path(model: torch.nn.Module, device: torch.device) -> None:
@@ -198,24 +201,61 @@ def check_decode_path(model: torch.nn.Module, device: torch.device) -> None:
             "schedule.target=latency (prefill) for this model.")
 
 
-@torch.no_grad()
-def measure_model(model: torch.nn.Module, adapter: ModelAdapter, device: torch.device,
-                  shape: LatencyShape, vocab_size: int) -> tuple[float, float]:
-    """Seconds of the model at ``shape`` (per call or per decode step) and of its head part."""
+def timed_call(model: torch.nn.Module, device: torch.device, shape: LatencyShape,
+               vocab_size: int) -> Callable[[], float]:
+    """One timed run of ``model`` at ``shape``: seconds per call (prefill) or decode step.
+
+    Timed as eval/speed.py times it, on seeded random tokens.
+    """
     g = torch.Generator().manual_seed(0)
     if shape.kind == "prefill":
         ids = torch.randint(vocab_size, (shape.batch, shape.seqlen), generator=g).to(device)
-        model_s = _median_time(lambda: model(input_ids=ids, use_cache=False), device)
-    else:
-        check_decode_path(model, device)
-        ids = torch.randint(vocab_size, (shape.batch, 1), generator=g).to(device)
-        prompt = torch.randint(vocab_size, (shape.batch, shape.seqlen), generator=g).to(device)
-        steps = interleaved_times({"model": lambda: decode_steps(
-            model, prompt, shape.new_tokens, device)}, WARMUP, REPEATS)["model"]
-        model_s = statistics.median(steps) / shape.new_tokens
+        return timed(lambda: model(input_ids=ids, use_cache=False), device)
+    prompt = torch.randint(vocab_size, (shape.batch, shape.seqlen), generator=g).to(device)
+    return lambda: decode_steps(model, prompt, shape.new_tokens, device) / shape.new_tokens
+
+
+@torch.no_grad()
+def head_seconds(adapter: ModelAdapter, device: torch.device, shape: LatencyShape,
+                 vocab_size: int) -> float:
+    """Median seconds of the embedding, final norm and LM head alone at ``shape``."""
+    tokens = shape.seqlen if shape.kind == "prefill" else 1
+    ids = torch.randint(vocab_size, (shape.batch, tokens),
+                        generator=torch.Generator().manual_seed(0)).to(device)
     embed, norm, head = adapter.embed_tokens, adapter.final_norm, adapter.lm_head
-    head_s = _median_time(lambda: head(norm(embed(ids))), device)
-    return model_s, head_s
+    return statistics.median(time_calls(lambda: head(norm(embed(ids))), device, WARMUP,
+                                        REPEATS))
+
+
+@torch.no_grad()
+def measure_variants(model: torch.nn.Module, adapter: ModelAdapter, device: torch.device,
+                     shape: LatencyShape, vocab_size: int) -> tuple[Points, float]:
+    """Whole-model seconds of the model and its uniform-width variants, with their features.
+
+    Features are :func:`plan_features`. Each variant (made by surgery, one at a time) is timed
+    interleaved with the model, and its seconds are the model's median seconds times the
+    median paired ratio, so drift of the machine's speed over the minutes a profile takes
+    cancels. The model's own median seconds are returned as well.
+    """
+    if shape.kind == "decode":
+        check_decode_path(model, device)
+    reference = timed_call(model, device, shape, vocab_size)
+    widths = variant_widths(widest(adapter))
+    pairs: list[tuple[list[float], float]] = []
+    model_times: list[float] = []
+    for width in tqdm(widths, desc=f"latency profile {shape.name}", unit="variant",
+                      leave=False):
+        plan = variant_plan(adapter, width)
+        variant = prune_model(model, adapter, plan)
+        times = interleaved_times({"model": reference, "variant": timed_call(
+            variant, device, shape, vocab_size)}, WARMUP, REPEATS)
+        del variant
+        model_times += times["model"]
+        pairs.append((plan_features(adapter, plan), statistics.median(
+            v / m for v, m in zip(times["variant"], times["model"]))))
+    model_s = statistics.median(model_times)
+    dense = (plan_features(adapter, dense_plan(adapter)), model_s)
+    return [dense] + [(features, ratio * model_s) for features, ratio in pairs], model_s
 
 
 def _geometry_key(adapter: ModelAdapter, vocab_size: int) -> list[Any]:
@@ -236,19 +276,18 @@ def shape_profile(model: torch.nn.Module, adapter: ModelAdapter, device: torch.d
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            attention, mlp = fit_sublayers(saved["attention"], saved["mlp"], where)
+            attention, mlp = fit_sublayers(saved["points"], where)
             return ShapeProfile(shape, attention, mlp, saved["model_s"], saved["head_s"])
         except (ValueError, KeyError, TypeError) as err:
             log.warning("Latency profile %s is damaged (%s: %s): measuring it again", path,
                         type(err).__name__, err)
-    log.info("Profiling latency at %s (cached in %s)", where, path)
-    geometry = max((layer.geometry for layer in adapter.layers),
-                   key=lambda g: (g.num_heads, g.intermediate_size))
-    attention_points, mlp_points = measure_sublayers(geometry, device, dtype, shape)
-    attention, mlp = fit_sublayers(attention_points, mlp_points, where)
-    model_s, head_s = measure_model(model, adapter, device, shape, vocab_size)
-    write_text_atomic(path, json.dumps({"settings": settings, "attention": attention_points,
-                                        "mlp": mlp_points, "model_s": model_s, "head_s": head_s,
+    log.info("Profiling latency at %s: the model and %d narrower variants (cached in %s)",
+             where, len(variant_widths(widest(adapter))), path)
+    points, model_s = measure_variants(model, adapter, device, shape, vocab_size)
+    attention, mlp = fit_sublayers(points, where)
+    head_s = head_seconds(adapter, device, shape, vocab_size)
+    write_text_atomic(path, json.dumps({"settings": settings, "points": points,
+                                        "model_s": model_s, "head_s": head_s,
                                         "fit": {"attention": asdict(attention),
                                                 "mlp": asdict(mlp)}}, indent=1))
     return ShapeProfile(shape, attention, mlp, model_s, head_s)
