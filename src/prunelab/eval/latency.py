@@ -4,7 +4,8 @@ A shape is a prefill call of ``batch x seqlen`` tokens, or one decode step (one 
 a KV cache of ``context`` positions. At each shape, on the running device, dtype and thread
 count, the model is timed as the speed benchmark times it (eval/speed.py: a forward without
 cache; decode steps after an untimed prompt), and so is each of a few pruned variants of it
-(models/surgery.py) in which every block keeps the same width: fewer query heads, fewer KV
+(models/surgery.py, one at a time, each timed interleaved with the model so drift
+cancels) in which every block keeps the same width: fewer query heads, fewer KV
 heads, fewer channels, no attention, no MLP, neither. Least squares over these whole-model
 times fits, per block, ``fixed + per_head * heads + per_kv * kv_heads`` for attention and
 ``fixed + per_channel * channels`` for the MLP (a sub-layer's fixed part is paid while it keeps
