@@ -44,7 +44,7 @@ from prunelab.models.plan import LayerPlan, PruningPlan
 from prunelab.models.surgery import prune_model
 
 log = logging.getLogger(__name__)
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 WARMUP, REPEATS = 1, 7
 #: Per block summed over the model: blocks with attention, query heads, KV heads, blocks with
 #: an MLP, channels; then the measured seconds.
