@@ -29,6 +29,9 @@ from tests.helpers.latency import ATTENTION, synthetic_cost, synthetic_profiles
 from tests.helpers.tiny import tiny_model
 
 LAYERS = 6
+#: A speed part for the smoke suite: jobs that time speed record every latency fraction.
+SPEED = ("+benchmark.speed.grid=[[1,16]]", "+benchmark.speed.decode_tokens=2",
+         "+benchmark.speed.repeats=1")
 SYNTHETIC = synthetic_cost()
 COST_MODELS = {"params": ParameterCost(), "macs": MacCost(64.5), "latency": SYNTHETIC}
 
@@ -244,7 +247,8 @@ def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
     monkeypatch.setattr(latency, "shape_profile", synthetic_profiles())
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=flap", "benchmark=smoke",
                                     "calibration.nsamples=8", "logger=none",
-                                    "schedule.target=macs", "schedule.ratio=0.3")).to_dict()
+                                    "schedule.target=macs", "schedule.ratio=0.3",
+                                    *SPEED)).to_dict()
     details = results["pruning"]["details"]
     assert details["target"]["name"] == "macs"
     assert set(details["achieved"]) == {"params", "macs", "latency", "latency_decode"}
@@ -254,7 +258,7 @@ def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
 
     results = pipeline.run(make_cfg("model=tiny_llama_gqa", "method=mag_sp", "benchmark=smoke",
                                     "logger=none", "schedule.target=latency",
-                                    "schedule.ratio=0.3", "overwrite=true")).to_dict()
+                                    "schedule.ratio=0.3", "overwrite=true", *SPEED)).to_dict()
     details = results["pruning"]["details"]
     assert set(details["achieved"]) == {"params", "macs", "latency", "latency_decode"}
     assert "profiling" in results["pruning"]["wall_time_s"]
@@ -266,8 +270,28 @@ def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkey
 
     monkeypatch.setattr(latency, "shape_profile", unprofilable)
     results = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
-                                    "logger=none", "schedule.ratio=0.3")).to_dict()
+                                    "logger=none", "schedule.ratio=0.3", *SPEED)).to_dict()
     details = results["pruning"]["details"]
     assert set(details["achieved"]) == {"params", "macs"}
     assert "does not grow" in details["achieved_unavailable"]["latency"]
     assert "does not grow" in details["achieved_unavailable"]["latency_decode"]
+
+
+def test_job_without_a_speed_part_profiles_only_its_budget(make_cfg, monkeypatch):
+    profiled = []
+
+    def profile(model, adapter, device, shape, vocab_size, cache_dir):
+        profiled.append(shape.kind)
+        return synthetic_profiles()(model, adapter, device, shape, vocab_size, cache_dir)
+
+    monkeypatch.setattr(latency, "shape_profile", profile)
+    details = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
+                                    "logger=none", "schedule.ratio=0.3")).to_dict()[
+        "pruning"]["details"]
+    assert profiled == [] and set(details["achieved"]) == {"params", "macs"}
+    assert "times no speed" in details["achieved_unavailable"]["latency_decode"]
+    details = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
+                                    "logger=none", "schedule.ratio=0.3",
+                                    "schedule.target=latency", "overwrite=true")).to_dict()[
+        "pruning"]["details"]
+    assert profiled == ["prefill"] and set(details["achieved"]) == {"params", "macs", "latency"}

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from prunelab.atomic import write_text_atomic
 from prunelab.errors import PrunelabError
 from prunelab.eval.intervals import interleaved_times
-from prunelab.eval.speed import decode_steps, time_calls, timed
+from prunelab.eval.speed import decode_steps, prefill_call, time_calls
 from prunelab.models.adapters import LayerAdapter, LayerGeometry, ModelAdapter
 from prunelab.models.plan import LayerPlan, PruningPlan
 from prunelab.models.surgery import prune_model
@@ -211,7 +211,7 @@ def timed_call(model: torch.nn.Module, device: torch.device, shape: LatencyShape
     g = torch.Generator().manual_seed(0)
     if shape.kind == "prefill":
         ids = torch.randint(vocab_size, (shape.batch, shape.seqlen), generator=g).to(device)
-        return timed(lambda: model(input_ids=ids, use_cache=False), device)
+        return prefill_call(model, ids, device)
     prompt = torch.randint(vocab_size, (shape.batch, shape.seqlen), generator=g).to(device)
     return lambda: decode_steps(model, prompt, shape.new_tokens, device) / shape.new_tokens
 
@@ -241,15 +241,20 @@ def measure_variants(model: torch.nn.Module, adapter: ModelAdapter, device: torc
     if shape.kind == "decode":
         check_decode_path(model, device)
     reference = timed_call(model, device, shape, vocab_size)
+    for _ in range(WARMUP):
+        reference()
     widths = variant_widths(widest(adapter))
+    log.info("Profiling latency at %s: the model and %d narrower variants", shape.name,
+             len(widths))
     pairs: list[tuple[list[float], float]] = []
     model_times: list[float] = []
     for width in tqdm(widths, desc=f"latency profile {shape.name}", unit="variant",
                       leave=False):
         plan = variant_plan(adapter, width)
-        variant = prune_model(model, adapter, plan)
-        times = interleaved_times({"model": reference, "variant": timed_call(
-            variant, device, shape, vocab_size)}, WARMUP, REPEATS)
+        variant = timed_call(prune_model(model, adapter, plan), device, shape, vocab_size)
+        for _ in range(WARMUP):  # the model is warm already
+            variant()
+        times = interleaved_times({"model": reference, "variant": variant}, 0, REPEATS)
         del variant
         model_times += times["model"]
         pairs.append((plan_features(adapter, plan), statistics.median(
@@ -282,8 +287,7 @@ def shape_profile(model: torch.nn.Module, adapter: ModelAdapter, device: torch.d
         except (ValueError, KeyError, TypeError) as err:
             log.warning("Latency profile %s is damaged (%s: %s): measuring it again", path,
                         type(err).__name__, err)
-    log.info("Profiling latency at %s: the model and %d narrower variants (cached in %s)",
-             where, len(variant_widths(widest(adapter))), path)
+    log.info("Latency profile at %s is measured once and cached in %s", where, path)
     points, model_s = measure_variants(model, adapter, device, shape, vocab_size)
     attention, mlp = fit_sublayers(points, where)
     head_s = head_seconds(adapter, device, shape, vocab_size)

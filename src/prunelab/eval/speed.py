@@ -60,6 +60,12 @@ def timed(fn: Callable[[], Any], device: torch.device) -> Callable[[], float]:
     return run
 
 
+def prefill_call(model: torch.nn.Module, ids: torch.Tensor, device: torch.device
+                 ) -> Callable[[], float]:
+    """A timed prefill of ``ids``: one forward without a cache, in seconds."""
+    return timed(lambda: model(input_ids=ids, use_cache=False), device)
+
+
 def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
                ) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
@@ -103,8 +109,7 @@ def measure_speed(model: torch.nn.Module, adapter: ModelAdapter, spec: SpeedSpec
     prefill = {}
     for batch, seqlen in tqdm(spec.grid, desc="prefill", unit="shape", leave=False):
         ids = torch.randint(vocab_size, (batch, seqlen), generator=generator).to(device)
-        calls = {name: timed(lambda m=m, ids=ids: m(input_ids=ids, use_cache=False), device)
-                 for name, m in models.items()}
+        calls = {name: prefill_call(m, ids, device) for name, m in models.items()}
         with meter.phase(f"prefill_{batch}x{seqlen}"):
             times = interleaved_times(calls, spec.warmup, spec.repeats)
         prefill[f"{batch}x{seqlen}"] = {
