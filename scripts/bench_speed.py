@@ -1,4 +1,4 @@
-"""Measured inference speed-up of pruned SmolLM2-135M against the speed-up its MACs allow.
+"""Measured inference speed-up of pruned models against the speed-up their MACs allow.
 
 Dense, then FLAP, Wanda-sp and Mag-sp at ratios 0.2 and 0.5 (each pruned by a normal prunelab
 job with ``benchmark=speed``): prefill latency at 1 x 512 and 8 x 128 and greedy decode
@@ -11,6 +11,9 @@ prefill (``<out>/<job>/profile_1x512.txt``) and a summary of where the time goes
 
     .venv/bin/python scripts/bench_speed.py                         # ~10 min on 2 CPU cores
     .venv/bin/python scripts/bench_speed.py --profile
+    .venv/bin/python scripts/bench_speed.py --model gemma3_270m --methods flap
+
+The model is SmolLM2-135M unless ``--model`` names another ``conf/model`` option.
 """
 
 from __future__ import annotations
@@ -32,12 +35,18 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["flap", "wanda_sp", "mag_sp"])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_speed")
+    parser.add_argument("--model", default="smollm2_135m", help="a conf/model option")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: outputs/bench_speed, or "
+                             "outputs/bench_speed-<model> for another model)")
     parser.add_argument("--profile", action="store_true",
                         help="save the models and profile one 1 x 512 prefill of each")
     args = parser.parse_args()
     configure_logging()
-    common = ["model=smollm2_135m", "benchmark=speed", "logger=none", "overwrite=true",
+    if args.out is None:
+        suffix = "" if args.model == "smollm2_135m" else f"-{args.model}"
+        args.out = ROOT / "outputs" / f"bench_speed{suffix}"
+    common = [f"model={args.model}", "benchmark=speed", "logger=none", "overwrite=true",
               f"save_model={str(args.profile).lower()}"]
     jobs = [("dense", 0.0, ["method=dense"])]
     jobs += [(m, r, [f"method={m}", f"schedule.ratio={r}"]) for r in args.ratios

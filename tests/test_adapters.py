@@ -13,6 +13,8 @@ ARCHITECTURES = {
     "llama_gqa": {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2},
     "mistral": {"model_type": "mistral", "num_attention_heads": 4, "num_key_value_heads": 2},
     "qwen2": {"model_type": "qwen2", "num_attention_heads": 4, "num_key_value_heads": 2},
+    "gemma3": {"model_type": "gemma3_text", "num_attention_heads": 4, "num_key_value_heads": 1,
+               "head_dim": 8},
 }
 
 
@@ -24,7 +26,7 @@ def model(request):
 
 
 def test_registry_covers_required_families():
-    assert {"llama", "mistral", "qwen2"} <= set(ADAPTERS.names())
+    assert {"llama", "mistral", "qwen2", "gemma3_text"} <= set(ADAPTERS.names())
 
 
 def test_geometry_from_weights_matches_config(model):
@@ -40,7 +42,7 @@ def test_geometry_from_weights_matches_config(model):
 
 
 def test_hook_points_see_A_and_a(model):
-    """o_proj's input is the per-head attention output A; down_proj's is silu(gate)*up."""
+    """o_proj's input is the per-head attention output A; down_proj's is act(gate)*up."""
     adapter = adapter_for(model)
     layer = adapter.layers[0]
     seen = {}
@@ -54,7 +56,7 @@ def test_hook_points_see_A_and_a(model):
     for h in handles:
         h.remove()
     assert seen["A"].shape[-1] == layer.geometry.num_heads * layer.geometry.head_dim
-    expected_a = torch.nn.functional.silu(layer.gate_proj(seen["n2"])) * layer.up_proj(seen["n2"])
+    expected_a = layer.activation(layer.gate_proj(seen["n2"])) * layer.up_proj(seen["n2"])
     torch.testing.assert_close(seen["a"], expected_a)
 
 

@@ -1,4 +1,8 @@
-"""LLM-BIP: scores equal the measured change of a block's output (or bound it), per block."""
+"""LLM-BIP: scores equal the measured change of a block's output (or bound it), per block.
+
+On Gemma-3 the change passes through a post-norm and the scores are its first-order value,
+so they equal the measured change to within the tolerance below, not exactly.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import statistics
 
 import pytest
 import torch
-from torch import nn
 
 from prunelab import pipeline
 from prunelab.calibration.runner import capture_block_inputs, run_layerwise
+from prunelab.calibration.statistics import MlpResponse
 from prunelab.config.schema import validate
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.methods.bip import BIP, BIPParams
@@ -30,15 +34,18 @@ def calibrated(layout: str):
     samples = torch.randint(0, 257, (6, 16), generator=torch.Generator().manual_seed(0))
     stats = run_layerwise(adapter, samples, list(BIP.statistics), 3, CPU)
     x, kwargs = capture_block_inputs(adapter, samples, 6, CPU)
-    kwargs["use_cache"] = False
     ios = []
     with torch.no_grad():
-        for block in adapter.decoder_layers:
-            y = block(x, **kwargs)
+        for block, block_kwargs in zip(adapter.decoder_layers, kwargs):
+            y = block(x, **block_kwargs)
             y = y[0] if isinstance(y, tuple) else y
             ios.append((x, y))
             x = y
     return adapter, stats, ios, kwargs
+
+
+#: Relative tolerance of score against measured change: exact, or first order (post-norm).
+TOLERANCE = {"mha": 1e-5, "gqa": 1e-5, "gemma3": 0.05}
 
 
 def output_change(block, x, y, kwargs, weight: torch.Tensor, columns) -> torch.Tensor:
@@ -52,7 +59,7 @@ def output_change(block, x, y, kwargs, weight: torch.Tensor, columns) -> torch.T
     return (out - y).norm(dim=-1).mean()
 
 
-@pytest.mark.parametrize("layout", ["mha", "gqa"])
+@pytest.mark.parametrize("layout", sorted(TOLERANCE))
 def test_channel_importance_is_the_measured_block_output_change(layout):
     adapter, stats, ios, kwargs = calibrated(layout)
     method = BIP(BIPParams(lipschitz="none"))
@@ -60,11 +67,11 @@ def test_channel_importance_is_the_measured_block_output_change(layout):
         _, channels = method.importance(layer, stats[index])
         block = adapter.decoder_layers[index]
         for j in (0, 7, layer.geometry.intermediate_size - 1):
-            measured = output_change(block, x, y, kwargs, layer.down_proj.weight, [j])
-            assert float(channels[j]) == pytest.approx(float(measured), rel=1e-5)
+            measured = output_change(block, x, y, kwargs[index], layer.down_proj.weight, [j])
+            assert float(channels[j]) == pytest.approx(float(measured), rel=TOLERANCE[layout])
 
 
-@pytest.mark.parametrize("layout", ["mha", "gqa"])
+@pytest.mark.parametrize("layout", sorted(TOLERANCE))
 def test_head_score_without_lipschitz_is_the_attention_output_change(layout):
     adapter, stats, ios, kwargs = calibrated(layout)
     method = BIP(BIPParams(lipschitz="none"))
@@ -72,22 +79,23 @@ def test_head_score_without_lipschitz_is_the_attention_output_change(layout):
         heads, _ = method.importance(layer, stats[index])
         hd = layer.head_dim
         outputs = []
-        handle = layer.o_proj.register_forward_hook(
-            lambda m, i, o, outputs=outputs: outputs.append(o))
+        # what the attention adds to the residual stream: after the post-norm where one is
+        added = layer.o_proj if layer.attn_post_norm is None else layer.attn_post_norm
+        handle = added.register_forward_hook(lambda m, i, o, outputs=outputs: outputs.append(o))
         try:
             block = adapter.decoder_layers[index]
             for g in range(layer.geometry.num_heads):
                 outputs.clear()
-                output_change(block, x, x, kwargs, layer.o_proj.weight, slice(0, 0))
-                output_change(block, x, x, kwargs, layer.o_proj.weight,
+                output_change(block, x, x, kwargs[index], layer.o_proj.weight, slice(0, 0))
+                output_change(block, x, x, kwargs[index], layer.o_proj.weight,
                               slice(g * hd, (g + 1) * hd))
                 measured = (outputs[1] - outputs[0]).norm(dim=-1).mean()
-                assert float(heads[g]) == pytest.approx(float(measured), rel=1e-5)
+                assert float(heads[g]) == pytest.approx(float(measured), rel=TOLERANCE[layout])
         finally:
             handle.remove()
 
 
-@pytest.mark.parametrize("layout", ["mha", "gqa"])
+@pytest.mark.parametrize("layout", sorted(TOLERANCE))
 def test_bound_is_an_upper_bound_of_the_block_output_change(layout, capsys):
     adapter, stats, ios, kwargs = calibrated(layout)
     bound = BIP(BIPParams(lipschitz="bound"))
@@ -96,7 +104,7 @@ def test_bound_is_an_upper_bound_of_the_block_output_change(layout, capsys):
         heads, _ = bound.importance(layer, stats[index])
         hd = layer.head_dim
         for g in range(layer.geometry.num_heads):
-            measured = output_change(adapter.decoder_layers[index], x, y, kwargs,
+            measured = output_change(adapter.decoder_layers[index], x, y, kwargs[index],
                                      layer.o_proj.weight, slice(g * hd, (g + 1) * hd))
             assert float(heads[g]) >= float(measured)
             ratios.append(float(heads[g]) / float(measured))
@@ -105,8 +113,9 @@ def test_bound_is_an_upper_bound_of_the_block_output_change(layout, capsys):
               f"{statistics.median(ratios):.1f}, min {min(ratios):.2f}, max {max(ratios):.1f}")
 
 
-def test_empirical_lipschitz_is_between_none_and_bound():
-    adapter, stats, _, _ = calibrated("gqa")
+@pytest.mark.parametrize("layout", ["gqa", "gemma3"])
+def test_empirical_lipschitz_is_between_none_and_bound(layout):
+    adapter, stats, _, _ = calibrated(layout)
     for index, layer in enumerate(adapter.layers):
         empirical = BIP(BIPParams(lipschitz="empirical")).lipschitz(layer, stats[index])
         assert 0 < empirical < BIP(BIPParams(lipschitz="bound")).lipschitz(layer, stats[index])
@@ -132,13 +141,12 @@ def test_unknown_estimator_lists_the_valid_ones(make_cfg):
         validate(make_cfg("method=bip", "method.lipschitz=spectral"))
 
 
-def test_mlp_that_is_not_gated_silu_is_refused():
+def test_mlp_without_an_activation_to_find_is_refused():
     model = tiny_model("mha")
     for block in adapter_for(model).decoder_layers:
-        block.mlp.act_fn = nn.GELU()
-    with pytest.raises(UnsupportedModelError, match="gated SiLU MLP"):
-        run_layerwise(adapter_for(model), torch.randint(0, 257, (2, 8)), ["mlp_response"], 2,
-                      CPU)
+        del block.mlp.act_fn
+    with pytest.raises(UnsupportedModelError, match="finds no activation"):
+        MlpResponse(adapter_for(model).layers[0]).attach()
 
 
 def test_nan_scores_are_an_error():

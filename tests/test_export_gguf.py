@@ -24,6 +24,7 @@ from prunelab.models.adapters import adapter_for
 from prunelab.models.macs import attention_macs
 from prunelab.models.plan import LayerPlan, PruningPlan
 from prunelab.models.surgery import prune_model
+from tests.helpers.plans import keep_all
 from tests.helpers.tiny import tiny_model
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -123,6 +124,10 @@ def test_features_the_deci_graph_cannot_run_are_refused_by_name(tmp_path):
         export_gguf(adapter_for(mistral), tmp_path / "x.gguf")
     with pytest.raises(PrunelabError, match="Unknown GGUF tensor type"):
         export_gguf(adapter_for(tiny_model("gqa")), tmp_path / "x.gguf", "q2_k")
+    gemma = tiny_model("gemma3")
+    pruned_gemma = prune_model(gemma, adapter_for(gemma), keep_all(adapter_for(gemma)))
+    with pytest.raises(PrunelabError, match="Gemma-3 blocks .* no counterpart"):
+        export_gguf(adapter_for(pruned_gemma), tmp_path / "x.gguf")
 
 
 def test_missing_llama_cpp_is_one_message_with_the_install_command(monkeypatch):

@@ -235,7 +235,7 @@ def test_disk_full_saving_the_model(make_cfg, tmp_path):
     out = tmp_path / "job"
     overrides = (*SMOKE, "save_model=true", f"paths.cache_dir={tmp_path / 'cache'}")
 
-    def half_written(folder: Path) -> None:
+    def half_written(folder: Path, _model_type: str) -> None:
         (folder / "modeling_prunelab.py").write_text("# half")
         _enospc()
 
@@ -309,7 +309,7 @@ def test_sigkill_during_save_leaves_no_partial_model(tmp_path):
         from prunelab.models import surgery
         from tests.test_faults import _pruned_folder
 
-        def stalled(folder):  # the weights are written; the code files never come
+        def stalled(folder, _model_type):  # the weights are written; the code never comes
             Path({str(ready)!r}).write_text(str(folder))
             time.sleep(600)
 

@@ -51,7 +51,7 @@ def test_channel_moments_equal_direct(dtype, rtol):
         torch.testing.assert_close(result[name], expected, rtol=rtol, atol=0)
 
 
-@pytest.mark.parametrize("layout", ["mha", "gqa"])
+@pytest.mark.parametrize("layout", ["mha", "gqa", "gemma3"])
 def test_layerwise_statistics_equal_full_forward(layout):
     model = tiny_model(layout)
     tokens = torch.randint(0, 257, (7, 12), generator=torch.Generator().manual_seed(0))
@@ -162,7 +162,7 @@ def test_ratio_out_of_range_is_rejected(make_cfg):
         validate(make_cfg("schedule.ratio=1.0"))
 
 
-@pytest.mark.parametrize("layout", ["mha", "gqa"])
+@pytest.mark.parametrize("layout", ["mha", "gqa", "gemma3"])
 def test_streaming_statistics_equal_layerwise(layout):
     model = tiny_model(layout).double()
     tokens = torch.randint(0, 257, (7, 12), generator=torch.Generator().manual_seed(0))

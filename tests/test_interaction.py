@@ -246,8 +246,9 @@ def test_latency_budget_without_a_profile_is_an_error(make_cfg, monkeypatch, tmp
         pipeline.run(cfg)
 
 
-def test_pruned_model_equals_masked_and_reloads_exactly(make_cfg, tmp_path, monkeypatch):
-    run = validate(make_cfg("model=tiny_llama_gqa", "method=interaction", "schedule.ratio=0.5",
+@pytest.mark.parametrize("model", ["tiny_llama_gqa", "tiny_gemma3"])
+def test_pruned_model_equals_masked_and_reloads_exactly(make_cfg, tmp_path, monkeypatch, model):
+    run = validate(make_cfg(f"model={model}", "method=interaction", "schedule.ratio=0.5",
                             "schedule.temperature=0.3", "calibration.nsamples=8",
                             "calibration.seqlen=32", f"paths.cache_dir={tmp_path / 'cache'}"))
     loaded = load_model(run.model, run.paths.cache_dir)

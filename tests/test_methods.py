@@ -29,13 +29,14 @@ def test_registry_and_yaml_folder_list_the_same_methods():
 def unit_cost(results) -> int:
     """Largest unit of a tiny model: one query head plus its KV head (q, k, v, o rows)."""
     layer = results["layers_before"][0]
-    d = results["config"]["model"]["architecture"]["hidden_size"]
-    hd = d // results["config"]["model"]["architecture"]["num_attention_heads"]
+    architecture = results["config"]["model"]["architecture"]
+    d = architecture["hidden_size"]
+    hd = architecture.get("head_dim") or d // architecture["num_attention_heads"]
     return 4 * d * hd if layer["num_kv_heads"] else 0
 
 
 @pytest.mark.parametrize("method", UNIT_METHODS)
-@pytest.mark.parametrize("model", ["tiny_llama", "tiny_llama_gqa"])
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_llama_gqa", "tiny_gemma3"])
 def test_method_meets_budget(make_cfg, tmp_path, method, model):
     cfg = make_cfg(f"model={model}", f"method={method}", "schedule.ratio=0.4",
                    "calibration.nsamples=8", "calibration.seqlen=32", "benchmark=smoke",

@@ -50,16 +50,17 @@ def test_block_influence_equals_the_hand_computation(engine):
     assert all(0 < value < 2 for value in expected)
 
 
-def job(make_cfg, tmp_path, *overrides):
-    return make_cfg("model=tiny_llama_gqa", "method=shortgpt", "calibration.nsamples=8",
+def job(make_cfg, tmp_path, *overrides, model: str = "tiny_llama_gqa"):
+    return make_cfg(f"model={model}", "method=shortgpt", "calibration.nsamples=8",
                     "calibration.seqlen=32", "benchmark=smoke", "logger=none",
                     "model.architecture.num_hidden_layers=4",
                     f"paths.cache_dir={tmp_path / 'cache'}", *overrides)
 
 
+@pytest.mark.parametrize("model", ["tiny_llama_gqa", "tiny_gemma3"])
 def test_lowest_influence_blocks_go_whole_and_the_model_equals_the_masked_one(make_cfg,
-                                                                              tmp_path):
-    run = validate(job(make_cfg, tmp_path, "method.blocks=2"))
+                                                                              tmp_path, model):
+    run = validate(job(make_cfg, tmp_path, "method.blocks=2", model=model))
     loaded = load_model(run.model, run.paths.cache_dir)
     original = copy.deepcopy(loaded.model)
     outcome = pruning.prune(ShortGPT(run.method.params), loaded, run)

@@ -66,8 +66,20 @@ def test_pruned_geometry_follows_plan(case):
         assert layer.geometry.num_heads == len(keep.heads)
         assert layer.geometry.num_kv_heads == len({kv_of[h] for h in keep.heads})
         assert layer.geometry.intermediate_size == len(keep.channels)
-    assert not layers[1].has_attention and layers[1].layer.input_layernorm is None
-    assert not layers[2].has_mlp and layers[2].layer.post_attention_layernorm is None
+    # a removed sub-layer keeps none of its norms
+    assert not layers[1].has_attention
+    assert all(module_at(layers[1].layer, n) is None for n in source[1].attention_norms())
+    assert not layers[2].has_mlp
+    assert all(module_at(layers[2].layer, n) is None for n in source[2].mlp_norms())
+
+
+def module_at(block, path: str):
+    """The module at a dotted path, or None where the path ends early."""
+    for part in path.split("."):
+        block = getattr(block, part, None)
+        if block is None:
+            return None
+    return block
 
 
 def test_dense_plan_without_compensation_is_identity():
@@ -84,13 +96,15 @@ def test_save_reload_identical(case, tmp_path):
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
-    assert type(reloaded).__name__ == "PrunelabForCausalLM"
+    assert type(reloaded) is type(pruned)
+    assert type(pruned).__name__ in ("PrunelabForCausalLM", "PrunelabGemma3ForCausalLM")
     assert torch.equal(logits(reloaded, tokens), logits(pruned, tokens))
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
 
 
-def test_fresh_process_plain_transformers(tmp_path):
-    model = tiny_model("gqa")
+@pytest.mark.parametrize("layout", ["gqa", "gemma3_gqa"])
+def test_fresh_process_plain_transformers(tmp_path, layout):
+    model = tiny_model(layout)
     plan, means = random_plan(model, 5), compensation(model, 6)
     pruned = prune_model(model, adapter_for(model), plan, means)
     save_pruned(pruned, None, tmp_path / "m", plan)

@@ -1,8 +1,8 @@
 """prunelab: structured pruning of large language models, swept with Hydra.
 
-Importing prunelab registers the pruned-model architecture (``model_type: prunelab_llama``)
-with transformers' Auto classes, so saved pruned models load with plain ``from_pretrained``,
-and the OmegaConf resolvers the configs use.
+Importing prunelab registers the pruned-model architectures (``model_type: prunelab_llama``,
+``prunelab_gemma3``) with transformers' Auto classes, so saved pruned models load with plain
+``from_pretrained``, and the OmegaConf resolvers the configs use.
 """
 
 from prunelab.config.resolvers import register_resolvers

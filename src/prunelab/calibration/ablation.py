@@ -109,7 +109,7 @@ class _Reference:
     final states, ``kl`` the final states themselves; each is gathered only for its estimator.
     """
 
-    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, layer_kwargs: dict,
+    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, block_kwargs: list[dict],
                  batch_size: int, estimator: str):
         layers = adapter.layers
         n = len(layers)
@@ -125,25 +125,31 @@ class _Reference:
         handles = [module.register_forward_hook(functools.partial(_store_output, store))
                    for layer, store in zip(layers, captured)
                    for module in (layer.attention, layer.mlp)]
+        # the residual stream between a block's attention and MLP: the MLP norm's input
+        self.middle: list[list[torch.Tensor]] = [[] for _ in layers]
+        if estimator == "cosine":
+            handles += [layer.mlp_norm.register_forward_pre_hook(
+                functools.partial(_store_input, store))
+                for layer, store in zip(layers, self.middle)]
         try:
             for start in range(0, inputs.shape[0], batch_size):
-                self._add_batch(adapter, inputs[start:start + batch_size], layer_kwargs,
+                self._add_batch(adapter, inputs[start:start + batch_size], block_kwargs,
                                 captured, start)
         finally:
             for handle in handles:
                 handle.remove()
 
-    def _add_batch(self, adapter: ModelAdapter, hidden: torch.Tensor, layer_kwargs: dict,
+    def _add_batch(self, adapter: ModelAdapter, hidden: torch.Tensor, block_kwargs: list[dict],
                    captured: list[list[torch.Tensor]], start: int) -> None:
         streams = [hidden]  # residual stream before module 0, after module 0, 1, ... (cosine)
         for index, block in enumerate(adapter.decoder_layers):
-            hidden = block_output(block, hidden, layer_kwargs)
+            hidden = block_output(block, hidden, block_kwargs[index])
             for j, out in enumerate(captured[index]):
                 total = out.double().sum(dim=(0, 1))
                 self.sums[index][j] = total if self.sums[index][j] is None \
                     else self.sums[index][j] + total
             if self.estimator == "cosine":
-                streams += [streams[-1] + captured[index][0], hidden]
+                streams += [self.middle[index].pop(), hidden]
             captured[index].clear()
         self.count += hidden.shape[0] * hidden.shape[1]
         for k in range(len(streams) - 1):
@@ -163,6 +169,10 @@ class _Reference:
 
 def _store_output(store: list[torch.Tensor], _module, _inputs, output) -> None:
     store.append(output[0] if isinstance(output, tuple) else output)
+
+
+def _store_input(store: list[torch.Tensor], _module, inputs) -> None:
+    store.append(inputs[0])
 
 
 def _one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -202,9 +212,9 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
                             "already lacks whole sub-layers")
     n = len(layers)
     model_device = next(adapter.embed_tokens.parameters()).device
-    inputs, layer_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
-    layer_kwargs = to_device(layer_kwargs, device)
-    reference = _Reference(adapter, inputs, layer_kwargs, batch_size, estimator)
+    inputs, block_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
+    block_kwargs = to_device(block_kwargs, device)
+    reference = _Reference(adapter, inputs, block_kwargs, batch_size, estimator)
     if estimator == "cosine":
         single = reference.cos_single / reference.count
         pair = reference.cos_pair / reference.count if pairs else None
@@ -231,7 +241,8 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
                     for start in range(0, inputs.shape[0], batch_size):
                         hidden = inputs[start:start + batch_size]
                         for later in range(index, n):
-                            hidden = block_output(blocks[later], hidden, layer_kwargs)
+                            hidden = block_output(blocks[later], hidden,
+                                                  block_kwargs[later])
                         final = adapter.final_norm(hidden)
                         if estimator == "entropy":
                             moments.update(final.double())
@@ -241,6 +252,6 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
                 target[slot] = (abs(entropy_full - gaussian_entropy(moments))
                                 if estimator == "entropy" else kl / reference.count)
                 bar.update()
-            forward_block(blocks[index], inputs, layer_kwargs, batch_size, device,
+            forward_block(blocks[index], inputs, block_kwargs[index], batch_size, device,
                           outputs=inputs)  # the next block's inputs, in place
     return ModuleEffects(single.view(n, 2), pair if pairs else None)

@@ -34,23 +34,38 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_size: int,
-                         device: torch.device) -> tuple[torch.Tensor, dict]:
-    """Hidden states entering block 0 for every sample, and the keyword arguments it gets."""
-    first = adapter.decoder_layers[0]
+                         device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+    """Hidden states entering block 0 for every sample, and the keywords each block gets.
+
+    Blocks may get different keywords (Gemma-3's sliding-window and global layers have their
+    own masks and rotary embeddings), so the first batch runs through every block to record
+    them; later batches stop at block 0.
+    """
+    blocks = adapter.decoder_layers
     buffer: list[torch.Tensor] = []  # one [nsamples, seqlen, hidden] tensor, filled in place
     filled = [0]
-    layer_kwargs: dict = {}
+    per_block: list[dict] = []
 
-    def hook(_module, args, kwargs):
+    def record(kwargs: dict) -> None:
+        per_block.append({k: v for k, v in kwargs.items()
+                          if k not in ("hidden_states", "cache", "past_key_values")}
+                         | {"use_cache": False})
+        if len(per_block) == len(blocks):
+            raise _StopForward
+
+    def first(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         if not buffer:  # allocated once: no list of batches and no concatenated copy
             buffer.append(hidden.new_empty((samples.shape[0], *hidden.shape[1:])))
-            layer_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
         buffer[0][filled[0]:filled[0] + hidden.shape[0]] = hidden
         filled[0] += hidden.shape[0]
-        raise _StopForward
+        if len(per_block) == len(blocks):
+            raise _StopForward
+        record(kwargs)
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [blocks[0].register_forward_pre_hook(first, with_kwargs=True)]
+    handles += [block.register_forward_pre_hook(lambda _m, _a, kwargs: record(kwargs),
+                                                with_kwargs=True) for block in blocks[1:]]
     try:
         for batch in samples.split(batch_size):
             try:
@@ -58,21 +73,25 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
             except _StopForward:
                 pass
     finally:
-        handle.remove()
-    layer_kwargs["use_cache"] = False
-    layer_kwargs.pop("cache", None)
-    layer_kwargs.pop("past_key_values", None)
-    return buffer[0], layer_kwargs
+        for handle in handles:
+            handle.remove()
+    return buffer[0], per_block
 
 
-def to_device(value, device: torch.device):
-    """``value`` (tensors nested in tuples, lists, dicts) moved to ``device``."""
+def to_device(value, device: torch.device, _copies: dict | None = None):
+    """``value`` (tensors nested in tuples, lists, dicts) moved to ``device``.
+
+    A tensor met twice (blocks sharing a mask) is moved once.
+    """
+    copies = {} if _copies is None else _copies
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        if id(value) not in copies:
+            copies[id(value)] = value.to(device)
+        return copies[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
+        return type(value)(to_device(v, device, copies) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device, copies) for k, v in value.items()}
     return value
 
 
@@ -123,8 +142,8 @@ def run_layerwise(
     collector_classes = [STATISTICS.get(name) for name in statistics]
     storage = torch.device("cpu") if offload else device
     model_device = next(adapter.embed_tokens.parameters()).device
-    inputs, layer_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
-    layer_kwargs = to_device(layer_kwargs, device)
+    inputs, block_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
+    block_kwargs = to_device(block_kwargs, device)
     inputs = inputs.to(storage)
     outputs = torch.empty_like(inputs)
     results: list[LayerStats] = []
@@ -136,8 +155,8 @@ def run_layerwise(
         for collector in collectors:
             collector.attach()
         try:
-            forward_block(block, inputs, layer_kwargs, batch_size, device,
-                           None if sequential else outputs)
+            forward_block(block, inputs, block_kwargs[index], batch_size, device,
+                          None if sequential else outputs)
         finally:
             for collector in collectors:
                 collector.detach()
@@ -146,7 +165,7 @@ def run_layerwise(
         if on_layer is not None:
             on_layer(index, layer, stats)
         if sequential:
-            forward_block(block, inputs, layer_kwargs, batch_size, device, outputs)
+            forward_block(block, inputs, block_kwargs[index], batch_size, device, outputs)
         if offload:
             block.to(storage)
         results.append(stats)

@@ -141,40 +141,68 @@ def head_contributions(layer: LayerAdapter, a: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nhk,dhk->nhd", a.view(a.shape[0], w.shape[1], -1).to(w.dtype), w)
 
 
+def rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """Per-token ``sqrt(mean(x^2) + eps)`` with ``norm``'s epsilon: what an RMSNorm divides by."""
+    return (x.pow(2).mean(-1) + norm_eps(norm)).sqrt()
+
+
+def head_residual_changes(layer: LayerAdapter, a: torch.Tensor,
+                          o: torch.Tensor) -> torch.Tensor:
+    """How removing each head moves the residual stream, per token: [tokens, heads, hidden].
+
+    Without a post-norm it is exactly ``-W_o[:, S_g] A_g``. With one (Gemma), to first
+    order, ``-(gamma * W_o[:, S_g] A_g) / rms(o)`` for the attention output ``o``.
+    """
+    change = -head_contributions(layer, a)
+    post = layer.attn_post_norm
+    if post is None:
+        return change
+    o = o.detach().reshape(-1, o.shape[-1]).to(change.dtype)
+    gamma = layer.norm_scale(post).to(change.dtype)
+    return change * gamma / rms(o, post)[:, None, None]
+
+
 def norm_eps(norm: nn.Module) -> float:
     """The epsilon of an RMSNorm module (LLaMA names it ``variance_epsilon``, others ``eps``)."""
     return getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0))
 
 
-def gated_silu_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> down(silu(gate(n2(x))) * up(n2(x)))`` computed from the weights.
+def gated_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the MLP sub-layer adds to the residual stream ``x``, computed from the weights.
 
+    ``post(down(act(gate(n2(x))) * up(n2(x))))`` (no ``post`` where the family has none).
     The modules are not called, so no statistics hook sees these extra evaluations.
     """
-    act = getattr(layer.mlp, "act_fn", None)
-    probe = torch.linspace(-6, 6, 49, dtype=layer.gate_proj.weight.dtype,
-                           device=layer.gate_proj.weight.device)
-    if act is None or not torch.allclose(act(probe), F.silu(probe)):
-        raise UnsupportedModelError(
-            f"{type(layer).__name__}: this statistic assumes the gated SiLU MLP "
-            f"down(silu(gate(x)) * up(x)); this model's MLP activation is {act!r}.")
-    norm = layer.mlp_norm
-    eps = norm_eps(norm)
+    act = activation(layer)
     gate, up, down = layer.gate_proj, layer.up_proj, layer.down_proj
+    post = layer.mlp_post_norm
 
     def mlp(x: torch.Tensor) -> torch.Tensor:
-        n = F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
-        return F.linear(F.silu(F.linear(n, gate.weight, gate.bias)) *
-                        F.linear(n, up.weight, up.bias), down.weight, down.bias)
+        n = layer.apply_norm(layer.mlp_norm, x)
+        out = F.linear(act(F.linear(n, gate.weight, gate.bias)) *
+                       F.linear(n, up.weight, up.bias), down.weight, down.bias)
+        return out if post is None else layer.apply_norm(post, out)
 
     return mlp
 
 
+def activation(layer: LayerAdapter) -> nn.Module:
+    """The gated MLP's activation, or a clear refusal when the block has none to find."""
+    act = getattr(layer.mlp, "act_fn", None)
+    if not callable(act):
+        raise UnsupportedModelError(
+            f"{type(layer).__name__}: this statistic needs the gated MLP "
+            f"down(act(gate(x)) * up(x)) and finds no activation (mlp.act_fn) in "
+            f"{type(layer.mlp).__name__}. Expose it in the family's adapter (activation).")
+    return act
+
+
 @STATISTICS.register("head_output_norm")
 class HeadOutputNorm(Collector):
-    """Mean over tokens of ``||W_o[:, S_g] A_g||_2`` per query head (LLM-BIP).
+    """Mean over tokens of how far removing head g moves the residual stream (LLM-BIP).
 
-    It is how much the attention output changes, token by token, when head g is removed.
+    ``||W_o[:, S_g] A_g||_2`` without a post-norm; through one, to first order
+    (:func:`head_residual_changes`).
     """
 
     name = "head_output_norm"
@@ -183,8 +211,9 @@ class HeadOutputNorm(Collector):
         self.total: torch.Tensor | None = None
         self.count = 0
 
-        def hook(_module, inputs, _output):
-            norms = head_contributions(self.layer, inputs[0]).norm(dim=-1).double().sum(0)
+        def hook(_module, inputs, output):
+            changes = head_residual_changes(self.layer, inputs[0], output)
+            norms = changes.norm(dim=-1).double().sum(0)
             self.total = norms if self.total is None else self.total + norms
             self.count += inputs[0].numel() // inputs[0].shape[-1]
 
@@ -192,6 +221,36 @@ class HeadOutputNorm(Collector):
 
     def result(self) -> dict[str, torch.Tensor]:
         return {"mean_norm": (self.total / self.count).cpu()}
+
+
+@STATISTICS.register("mlp_input_over_rms")
+class MlpInputOverRms(Collector):
+    """Per channel, ``E_tokens |a_j| / rms(o)`` with ``o`` the down_proj output.
+
+    Through a post-norm that divides by ``rms(o)``, removing channel j moves the residual
+    stream by ``|a_j| ||gamma * W_down[:, j]|| / rms(o)`` to first order (LLM-BIP on Gemma).
+    Blocks without a post-norm record it too (with the MLP norm's epsilon); nothing reads it.
+    """
+
+    name = "mlp_input_over_rms"
+
+    def attach(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        post = self.layer.mlp_post_norm
+        norm = self.layer.mlp_norm if post is None else post
+
+        def hook(_module, inputs, output):
+            a = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            o = output.detach().reshape(-1, output.shape[-1]).double()
+            total = (a.abs() / rms(o, norm)[:, None]).sum(0)
+            self.total = total if self.total is None else self.total + total
+            self.count += a.shape[0]
+
+        self._handles.append(self.layer.down_proj.register_forward_hook(hook))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {"mean": (self.total / self.count).cpu()}
 
 
 @STATISTICS.register("block_output_norm")
@@ -215,63 +274,75 @@ class BlockOutputNorm(Collector):
         return {"mean_norm": torch.tensor(self.total / self.count, dtype=torch.float64)}
 
 
-@STATISTICS.register("mlp_ranges")
-class MlpRanges(Collector):
+@STATISTICS.register("mlp_act_ranges")
+class MlpActivationRanges(Collector):
     """Observed ranges the MLP Lipschitz bound needs.
 
-    The smallest RMS of the MLP input ``h``, and the largest ``|silu'(g) * u|`` and
-    ``|silu(g)|`` over tokens and channels.
+    The smallest RMS of the MLP input ``h`` and of the MLP output ``o`` (what a post-norm
+    divides by), and the largest ``|act'(g) * u|`` and ``|act(g)|`` over tokens and channels
+    (``act'`` by autograd, so any activation the adapter names works).
     """
 
-    name = "mlp_ranges"
+    name = "mlp_act_ranges"
 
     def attach(self) -> None:
-        self.min_rms, self.max_dsilu_u, self.max_silu = float("inf"), 0.0, 0.0
+        self.min_rms, self.min_out_rms = float("inf"), float("inf")
+        self.max_dact_u, self.max_act = 0.0, 0.0
         self._gate: torch.Tensor | None = None
+        act = activation(self.layer)
+        post = self.layer.mlp_post_norm
+        out_norm = self.layer.mlp_norm if post is None else post
 
         def on_norm(module, inputs, _output):
             h = inputs[0].detach().double()
-            eps = norm_eps(module)
-            rms = (h.pow(2).mean(-1) + eps).sqrt()
-            self.min_rms = min(self.min_rms, float(rms.min()))
+            self.min_rms = min(self.min_rms, float(rms(h, module).min()))
 
         def on_gate(_module, _inputs, output):
             self._gate = output.detach().double()
 
         def on_up(_module, _inputs, output):
-            g, u = self._gate, output.detach().double()
-            s = torch.sigmoid(g)
-            dsilu = s * (1 + g * (1 - s))
-            self.max_dsilu_u = max(self.max_dsilu_u, float((dsilu * u).abs().max()))
-            self.max_silu = max(self.max_silu, float((g * s).abs().max()))
+            with torch.enable_grad():
+                g = self._gate.requires_grad_(True)
+                value = act(g)
+                (slope,) = torch.autograd.grad(value.sum(), g)
+            u = output.detach().double()
+            self.max_dact_u = max(self.max_dact_u, float((slope * u).abs().max()))
+            self.max_act = max(self.max_act, float(value.detach().abs().max()))
+
+        def on_down(_module, _inputs, output):
+            o = output.detach().double()
+            self.min_out_rms = min(self.min_out_rms, float(rms(o, out_norm).min()))
 
         self._handles += [self.layer.mlp_norm.register_forward_hook(on_norm),
                           self.layer.gate_proj.register_forward_hook(on_gate),
-                          self.layer.up_proj.register_forward_hook(on_up)]
+                          self.layer.up_proj.register_forward_hook(on_up),
+                          self.layer.down_proj.register_forward_hook(on_down)]
 
     def result(self) -> dict[str, torch.Tensor]:
         return {key: torch.tensor(getattr(self, key), dtype=torch.float64)
-                for key in ("min_rms", "max_dsilu_u", "max_silu")}
+                for key in ("min_rms", "min_out_rms", "max_dact_u", "max_act")}
 
 
 @STATISTICS.register("mlp_response")
 class MlpResponse(Collector):
     """How much the MLP output moves when a head is removed (first ``MAX_TOKENS`` tokens).
 
-    Sums ``||MLP(h + dH_g) - MLP(h)||`` and ``||dH_g||`` over tokens and heads, with
-    ``dH_g = -W_o[:, S_g] A_g``; LLM-BIP's empirical Lipschitz estimate is their ratio.
+    Sums ``||MLP(h + dH_g) - MLP(h)||`` and ``||dH_g||`` over tokens and heads, with ``dH_g``
+    the head's change of the residual stream (:func:`head_residual_changes`); LLM-BIP's
+    empirical Lipschitz estimate is their ratio.
     """
 
     name = "mlp_response"
     MAX_TOKENS = 1024
 
     def attach(self) -> None:
-        self.mlp = gated_silu_mlp(self.layer)
+        self.mlp = gated_mlp(self.layer)
         self.output_change, self.input_change, self.tokens = 0.0, 0.0, 0
         self._a: torch.Tensor | None = None
+        self._o: torch.Tensor | None = None
 
-        def on_o_proj(_module, inputs, _output):
-            self._a = inputs[0].detach()
+        def on_o_proj(_module, inputs, output):
+            self._a, self._o = inputs[0].detach(), output.detach()
 
         def on_norm(_module, inputs, _output):
             room = self.MAX_TOKENS - self.tokens
@@ -279,8 +350,9 @@ class MlpResponse(Collector):
                 return
             h = inputs[0].detach().reshape(-1, inputs[0].shape[-1])[:room]
             a = self._a.reshape(-1, self._a.shape[-1])[:room]
+            o = self._o.reshape(-1, self._o.shape[-1])[:room]
             base = self.mlp(h)
-            for d_h in (-head_contributions(self.layer, a)).unbind(1):
+            for d_h in head_residual_changes(self.layer, a, o).unbind(1):
                 self.output_change += float((self.mlp(h + d_h) - base).double().norm(dim=-1)
                                             .sum())
                 self.input_change += float(d_h.double().norm(dim=-1).sum())

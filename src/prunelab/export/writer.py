@@ -91,9 +91,22 @@ def export_gguf(adapter: ModelAdapter, out: Path, tensor_type: str = "f32",
     return report
 
 
+#: Families whose blocks llama.cpp's deci graph cannot express, and why.
+_NOT_DECI = {
+    family: "Gemma-3 blocks (a norm after the attention and after the MLP, per-head q/k "
+            "norms, a GeGLU MLP, sliding-window layers) have no counterpart in llama.cpp's "
+            "deci graph, the one llama.cpp architecture that reads a head count and MLP "
+            "width per layer, so a pruned Gemma-3 cannot be written for it. The saved folder "
+            "runs with transformers (model=local model.path=<job>/model); an unpruned "
+            "Gemma-3 converts with llama.cpp's own convert_hf_to_gguf.py."
+    for family in ("gemma3_text", "prunelab_gemma3")}
+
+
 def _check_family(config) -> None:
     """Dense models of other families belong to llama.cpp's own converter and architecture."""
     family = config.model_type
+    if family in _NOT_DECI:
+        raise PrunelabError(_NOT_DECI[family])
     if family not in ("llama", "prunelab_llama"):
         raise PrunelabError(
             f"An unpruned {family} model is not exported by prunelab: llama.cpp has its own "

@@ -39,7 +39,7 @@ def check_model_folder(folder: Path) -> None:
     if (folder / PLAN_FILE).is_file():
         _check_plan(folder / PLAN_FILE, config)
     if config.get("auto_map"):
-        check_remote_code(folder)
+        check_remote_code(folder, str(config.get("model_type")))
 
 
 def _read_json(path: Path) -> dict:

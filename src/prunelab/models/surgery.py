@@ -1,14 +1,15 @@
 """Physical removal of heads and channels, with FLAP bias compensation.
 
-:func:`prune_model` turns any adapter-supported model plus a :class:`PruningPlan` into a
-:class:`PrunelabForCausalLM` whose weights are slices of the original. :func:`mask_model`
-applies the same plan to the original architecture by zeroing the removed input columns of
-``o_proj`` / ``down_proj`` and adding the same biases; the two must give the same logits
-(METHODS.md "Surgery"), which the tests check.
+:func:`prune_model` turns any adapter-supported model plus a :class:`PruningPlan` into a model
+of its pruned family (``PrunelabForCausalLM`` for LLaMA-style sources,
+``PrunelabGemma3ForCausalLM`` for Gemma-3) whose weights are slices of the original.
+:func:`mask_block` applies the same plan to the original architecture by zeroing the removed
+input columns of ``o_proj`` / ``down_proj`` and adding the same biases; the two must give the
+same logits (METHODS.md "Surgery"), which the tests check.
 
 Bias compensation (FLAP): for removed input channels ``R`` of an output projection ``W`` with
-calibration means ``mu``, the block adds ``W[:, R] @ mu[R]``, so that the expected output of
-the pruned sub-layer equals the original's.
+calibration means ``mu``, the sub-layer's output gains ``W[:, R] @ mu[R]``, so that its
+expected output equals the original's (before any post-norm: the adapter places it).
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from prunelab.atomic import atomic_folder
 from prunelab.errors import PrunelabError
-from prunelab.models.adapters import LayerAdapter, ModelAdapter
+from prunelab.models.adapters import LayerAdapter, ModelAdapter, PrunedLayerAdapter, adapter_for
 from prunelab.models.plan import PLAN_FILE, LayerPlan, PruningPlan, channel_index
 from prunelab.models.pruned import (
-    AUTO_MAP,
+    FAMILIES,
     PrunelabConfig,
-    PrunelabForCausalLM,
+    PrunelabGemma3Config,
     write_remote_code,
 )
 
@@ -56,12 +58,9 @@ def _kv_map(layer: LayerAdapter, heads: list[int]) -> tuple[list[int], list[int]
     return kept_kv, [position[kv_of[h]] for h in heads]
 
 
-def pruned_config(adapter: ModelAdapter, plan: PruningPlan, means: Means | None) -> PrunelabConfig:
+def pruned_config(adapter: ModelAdapter, plan: PruningPlan,
+                  means: Means | None) -> PretrainedConfig:
     """The config of the pruned model: the source's fields plus per-layer geometry."""
-    src = adapter.config
-    if getattr(src, "hidden_act", "silu") != "silu":
-        raise PrunelabError(f"Surgery supports gated SiLU MLPs; {src.model_type} uses "
-                            f"{src.hidden_act!r}. Add support in prunelab/models/pruned.")
     layers = adapter.layers
     kv_maps, widths, attn_comp, mlp_comp = [], [], [], []
     for i, (layer, keep) in enumerate(zip(layers, plan.layers)):
@@ -71,11 +70,24 @@ def pruned_config(adapter: ModelAdapter, plan: PruningPlan, means: Means | None)
         attn_mean, mlp_mean = means[i] if means else (None, None)
         attn_comp.append(attn_mean is not None and len(keep.heads) < g.num_heads)
         mlp_comp.append(mlp_mean is not None and len(keep.channels) < g.intermediate_size)
+    src = adapter.config
+    geometry = {"layer_kv_map": kv_maps, "layer_intermediate_sizes": widths,
+                "attention_compensation": attn_comp, "mlp_compensation": mlp_comp,
+                "source_model_type": getattr(src, "source_model_type", None) or src.model_type}
+    return _CONFIG_BUILDERS[adapter.pruned_model_type](adapter, geometry)
+
+
+def _llama_config(adapter: ModelAdapter, geometry: dict) -> PrunelabConfig:
+    """LLaMA, Mistral and Qwen2 sources: the fields the pruned LLaMA-style decoder reads."""
+    src = adapter.config
+    if getattr(src, "hidden_act", "silu") != "silu":
+        raise PrunelabError(f"Surgery supports gated SiLU MLPs; {src.model_type} uses "
+                            f"{src.hidden_act!r}. Add support in prunelab/models/pruned.")
     context = int(src.max_position_embeddings)
     window = getattr(src, "sliding_window", None)
     if window and getattr(src, "use_sliding_window", True):
         context = min(context, int(window))  # full attention is exact up to the window
-    first = next((layer for layer in layers if layer.has_attention), None)
+    first = next((layer for layer in adapter.layers if layer.has_attention), None)
     return PrunelabConfig(
         vocab_size=src.vocab_size, hidden_size=src.hidden_size,
         intermediate_size=src.intermediate_size, num_hidden_layers=src.num_hidden_layers,
@@ -89,11 +101,25 @@ def pruned_config(adapter: ModelAdapter, plan: PruningPlan, means: Means | None)
         mlp_bias=bool(getattr(src, "mlp_bias", False)),
         qkv_bias=first is not None and first.q_proj.bias is not None,
         o_proj_bias=first is not None and first.o_proj.bias is not None,
-        layer_kv_map=kv_maps, layer_intermediate_sizes=widths,
-        attention_compensation=attn_comp, mlp_compensation=mlp_comp,
-        source_model_type=getattr(src, "source_model_type", None) or src.model_type,
-        architectures=["PrunelabForCausalLM"],
+        architectures=["PrunelabForCausalLM"], **geometry,
     )
+
+
+#: Source config fields that describe the file, not the model: not carried into the pruned one.
+_NOT_CARRIED = ("model_type", "architectures", "auto_map", "quantization_config",
+                "transformers_version", "_name_or_path", "dtype")
+
+
+def _gemma3_config(adapter: ModelAdapter, geometry: dict) -> PrunelabGemma3Config:
+    """Gemma-3 sources: every Gemma3TextConfig field (rope bases, window, pattern) carried."""
+    fields = {key: value for key, value in adapter.config.to_dict().items()
+              if key not in _NOT_CARRIED}
+    return PrunelabGemma3Config(**{**fields, **geometry,
+                                   "architectures": ["PrunelabGemma3ForCausalLM"]})
+
+
+#: Per pruned family (the adapter's ``pruned_model_type``), its config from the source's.
+_CONFIG_BUILDERS = {"prunelab_llama": _llama_config, "prunelab_gemma3": _gemma3_config}
 
 
 def _copy_linear(dst: nn.Linear, src: nn.Linear, rows=None, cols=None) -> None:
@@ -110,8 +136,7 @@ def _copy_linear(dst: nn.Linear, src: nn.Linear, rows=None, cols=None) -> None:
 
 @torch.no_grad()
 def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
-                means: Means | None = None, release_source: bool = False
-                ) -> PrunelabForCausalLM:
+                means: Means | None = None, release_source: bool = False) -> nn.Module:
     """A new pruned model holding slices of ``model``'s weights.
 
     ``model`` is left intact unless ``release_source``: then each source block is freed
@@ -123,51 +148,50 @@ def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
         raise RuntimeError(f"plan has {len(plan.layers)} layers, model {len(adapter.layers)}")
     config = pruned_config(adapter, plan, means)
     ref = next(model.parameters())
-    with no_init_weights():
-        pruned = PrunelabForCausalLM(config)  # untouched pages: memory is committed as filled
+    with no_init_weights():  # untouched pages: memory is committed as filled
+        pruned = FAMILIES[config.model_type].model_cls(config)
     pruned.to(dtype=ref.dtype)
-    new_adapter_layers = pruned.model.layers
-    for i, (layer, keep) in enumerate(zip(adapter.layers, plan.layers)):
-        _fill_layer(new_adapter_layers[i], layer, keep, means[i] if means else (None, None))
+    target = adapter_for(pruned)
+    for i, (dst, layer, keep) in enumerate(zip(target.layers, adapter.layers, plan.layers)):
+        _fill_layer(dst, layer, keep, means[i] if means else (None, None))
         if release_source:
             adapter.decoder_layers[i].to("meta")
-    if release_source:
-        pruned.model.embed_tokens.weight = adapter.embed_tokens.weight
-        pruned.model.norm.weight = adapter.final_norm.weight
-        if not config.tie_word_embeddings:
-            pruned.lm_head.weight = adapter.lm_head.weight
-    else:
-        pruned.model.embed_tokens.weight.data.copy_(adapter.embed_tokens.weight)
-        pruned.model.norm.weight.data.copy_(adapter.final_norm.weight)
-        if not config.tie_word_embeddings:
-            pruned.lm_head.weight.data.copy_(adapter.lm_head.weight)
+    shared = [(target.embed_tokens, adapter.embed_tokens), (target.final_norm, adapter.final_norm)]
+    if not config.tie_word_embeddings:
+        shared.append((target.lm_head, adapter.lm_head))
+    for dst, src in shared:
+        if release_source:
+            dst.weight = src.weight
+        else:
+            dst.weight.data.copy_(src.weight)
     pruned.tie_weights()
     return pruned.to(ref.device).eval()
 
 
-def _fill_layer(dst: nn.Module, src: LayerAdapter, keep, means) -> None:
+def _fill_layer(dst: PrunedLayerAdapter, src: LayerAdapter, keep: LayerPlan, means) -> None:
     attn_mean, mlp_mean = means
-    heads = torch.tensor(keep.heads, dtype=torch.long)
     channels = torch.tensor(keep.channels, dtype=torch.long)
     a_cols = channel_index(keep.heads, src.head_dim)
-    if dst.self_attn is not None:
+    if dst.has_attention:
         kept_kv, _ = _kv_map(src, keep.heads)
         kv_rows = channel_index(kept_kv, src.head_dim)
-        _copy_linear(dst.self_attn.q_proj, src.q_proj, rows=channel_index(heads.tolist(),
-                                                                           src.head_dim))
-        _copy_linear(dst.self_attn.k_proj, src.k_proj, rows=kv_rows)
-        _copy_linear(dst.self_attn.v_proj, src.v_proj, rows=kv_rows)
-        _copy_linear(dst.self_attn.o_proj, src.o_proj, cols=a_cols)
-        dst.input_layernorm.weight.data.copy_(src.attn_norm.weight)
-    if dst.attn_out_bias is not None:
-        dst.attn_out_bias.data.copy_(compensation_bias(src.o_proj.weight, a_cols, attn_mean))
-    if dst.mlp is not None:
-        _copy_linear(dst.mlp.gate_proj, src.gate_proj, rows=channels)
-        _copy_linear(dst.mlp.up_proj, src.up_proj, rows=channels)
-        _copy_linear(dst.mlp.down_proj, src.down_proj, cols=channels)
-        dst.post_attention_layernorm.weight.data.copy_(src.mlp_norm.weight)
-    if dst.mlp_out_bias is not None:
-        dst.mlp_out_bias.data.copy_(compensation_bias(src.down_proj.weight, channels, mlp_mean))
+        _copy_linear(dst.q_proj, src.q_proj, rows=channel_index(keep.heads, src.head_dim))
+        _copy_linear(dst.k_proj, src.k_proj, rows=kv_rows)
+        _copy_linear(dst.v_proj, src.v_proj, rows=kv_rows)
+        _copy_linear(dst.o_proj, src.o_proj, cols=a_cols)
+        _copy_norms(dst.attention_norms(), src.attention_norms())
+    if dst.has_mlp:
+        _copy_linear(dst.gate_proj, src.gate_proj, rows=channels)
+        _copy_linear(dst.up_proj, src.up_proj, rows=channels)
+        _copy_linear(dst.down_proj, src.down_proj, cols=channels)
+        _copy_norms(dst.mlp_norms(), src.mlp_norms())
+    dst.set_compensation(src, compensation_bias(src.o_proj.weight, a_cols, attn_mean),
+                         compensation_bias(src.down_proj.weight, channels, mlp_mean))
+
+
+def _copy_norms(dst: dict[str, nn.Module], src: dict[str, nn.Module]) -> None:
+    for name, norm in dst.items():
+        norm.weight.data.copy_(src[name].weight)
 
 
 @torch.no_grad()
@@ -195,7 +219,7 @@ def mask_block(layer: LayerAdapter, keep: LayerPlan,
             proj.bias += bias.to(proj.bias.dtype)
 
 
-def save_pruned(model: PrunelabForCausalLM, tokenizer, folder: Path, plan: PruningPlan,
+def save_pruned(model: nn.Module, tokenizer, folder: Path, plan: PruningPlan,
                 record: dict | None = None) -> Path:
     """Save a pruned model as a Hugging Face folder (safetensors + remote code + plan).
 
@@ -204,10 +228,11 @@ def save_pruned(model: PrunelabForCausalLM, tokenizer, folder: Path, plan: Pruni
     written under a temporary name and renamed: it is complete or absent, never partial.
     """
     folder = Path(folder)
-    model.config.auto_map = dict(AUTO_MAP)
+    model_type = model.config.model_type
+    model.config.auto_map = FAMILIES[model_type].auto_map
     with atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
-        write_remote_code(staging)
+        write_remote_code(staging, model_type)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / PLAN_FILE).write_text(json.dumps({**plan.to_dict(), **(record or {})},

@@ -5,6 +5,11 @@ A :class:`ModelAdapter` exposes the decoder blocks, embeddings, final norm and h
 method reads (the inputs of ``o_proj`` and ``down_proj``, METHODS.md's ``A`` and ``a``).
 Head geometry is read from the weights, not from the config, so an adapter describes pruned
 blocks (fewer heads, narrower MLP) as truthfully as dense ones.
+
+A sub-layer's *output* is what its module returns (the attention's ``o_proj`` output, the
+MLP's ``down_proj`` output); families with post-norms (Gemma) normalise it before the residual
+add (:attr:`LayerAdapter.attn_post_norm`), so bias compensation, which makes the expected
+output exact, is added before that norm.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunelab.errors import UnsupportedModelError, did_you_mean
@@ -55,6 +62,38 @@ class LayerAdapter(ABC):
     @abstractmethod
     def mlp_norm(self) -> nn.Module:
         """Norm applied before the MLP (``n2``)."""
+
+    @property
+    def attn_post_norm(self) -> nn.Module | None:
+        """Norm applied to the attention output before the residual add (None: no such norm)."""
+        return None
+
+    @property
+    def mlp_post_norm(self) -> nn.Module | None:
+        """Norm applied to the MLP output before the residual add (None: no such norm)."""
+        return None
+
+    @property
+    def activation(self) -> nn.Module:
+        """The gated MLP's activation: ``a = act(gate(x)) * up(x)``."""
+        return self.mlp.act_fn
+
+    def norm_scale(self, norm: nn.Module) -> torch.Tensor:
+        """The per-channel factor an RMSNorm of this family multiplies by (its weight)."""
+        return norm.weight
+
+    def apply_norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``norm(x)`` from its weights, without calling the module (no hook sees it)."""
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0))
+        return F.rms_norm(x, (x.shape[-1],), self.norm_scale(norm).to(x.dtype), eps)
+
+    @abstractmethod
+    def attention_norms(self) -> dict[str, nn.Module]:
+        """Norms that exist with the attention sub-layer, by dotted path in the block."""
+
+    @abstractmethod
+    def mlp_norms(self) -> dict[str, nn.Module]:
+        """Norms that exist with the MLP sub-layer, by dotted path in the block."""
 
     @property
     @abstractmethod
@@ -153,6 +192,8 @@ class ModelAdapter(ABC):
     """A whole causal LM of one family."""
 
     layer_adapter_cls: type[LayerAdapter]
+    #: The model_type surgery turns this family into (models/pruned).
+    pruned_model_type: str
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -200,14 +241,64 @@ class ModelAdapter(ABC):
         return sum(p.numel() for p in self.model.parameters())
 
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse a variant of the family this adapter does not handle (none by default)."""
+        return None
+
+
+class PrunedLayerAdapter(LayerAdapter):
+    """A block of a pruned model: sub-layers may be absent, query heads unevenly grouped.
+
+    Its width comes from the model config (a block may have neither sub-layer), its query
+    heads' KV heads from the attention's ``kv_map``.
+    """
+
+    def __init__(self, layer: nn.Module, head_dim: int, hidden: int):
+        super().__init__(layer, head_dim)
+        self._hidden = hidden
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden
+
+    def kv_head_of(self) -> list[int]:
+        return [] if self.attention is None else list(self.attention.kv_map)
+
+    @abstractmethod
+    def set_compensation(self, source: LayerAdapter, attention: torch.Tensor | None,
+                         mlp: torch.Tensor | None) -> None:
+        """Add FLAP's compensation biases (constants added to each sub-layer's output).
+
+        ``source`` is the block the pruned one was cut from (its post-norms turn the
+        constant of a wholly removed sub-layer into what that sub-layer adds).
+        """
+
+
+class PrunedModelAdapter(ModelAdapter):
+    """A model produced by prunelab's surgery: its blocks are :class:`PrunedLayerAdapter`."""
+
+    layer_adapter_cls: type[PrunedLayerAdapter]
+
+    @property
+    def layers(self) -> list[LayerAdapter]:
+        hidden = self.config.hidden_size
+        return [self.layer_adapter_cls(layer, self.head_dim, hidden)
+                for layer in self.decoder_layers]
+
+
 ADAPTERS: Registry[ModelAdapter] = Registry(
     "model architecture", "model_type of a Hugging Face config -> ModelAdapter subclass",
     base_cls=ModelAdapter)
+#: model_types prunelab knows and refuses, with what is missing for an adapter to apply.
+REFUSED: dict[str, str] = {}
 
 
-def adapter_for(model: nn.Module) -> ModelAdapter:
-    """The adapter for ``model``, chosen by its config's ``model_type``."""
-    model_type = getattr(model.config, "model_type", None)
+def check_supported(config) -> None:
+    """Refuse a config no adapter handles, before any weight is loaded, saying what is missing."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in REFUSED:
+        raise UnsupportedModelError(f"model_type {model_type!r}: {REFUSED[model_type]}")
     if model_type not in ADAPTERS:
         raise UnsupportedModelError(
             f"No prunelab adapter for model_type {model_type!r}."
@@ -215,4 +306,10 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
             f"Supported: {', '.join(ADAPTERS.names())}. To add one, subclass ModelAdapter and "
             "LayerAdapter in prunelab/models/adapters/ and register it with @ADAPTERS.register."
         )
-    return ADAPTERS.get(model_type)(model)
+    ADAPTERS.get(model_type).check_config(config)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    """The adapter for ``model``, chosen by its config's ``model_type``."""
+    check_supported(model.config)
+    return ADAPTERS.get(model.config.model_type)(model)

@@ -7,9 +7,16 @@ adapter need not know about (surgery slices whatever parameters a Linear has).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from prunelab.models.adapters.base import ADAPTERS, LayerAdapter, ModelAdapter
+from prunelab.models.adapters.base import (
+    ADAPTERS,
+    LayerAdapter,
+    ModelAdapter,
+    PrunedLayerAdapter,
+    PrunedModelAdapter,
+)
 
 
 class LlamaLayerAdapter(LayerAdapter):
@@ -34,6 +41,12 @@ class LlamaLayerAdapter(LayerAdapter):
     @property
     def mlp_norm(self) -> nn.Module:
         return self.layer.post_attention_layernorm
+
+    def attention_norms(self) -> dict[str, nn.Module]:
+        return {"input_layernorm": self.layer.input_layernorm}
+
+    def mlp_norms(self) -> dict[str, nn.Module]:
+        return {"post_attention_layernorm": self.layer.post_attention_layernorm}
 
     @property
     def q_proj(self) -> nn.Linear:
@@ -69,6 +82,7 @@ class LlamaAdapter(ModelAdapter):
     """Getters for ``*ForCausalLM`` models with the LLaMA module layout."""
 
     layer_adapter_cls = LlamaLayerAdapter
+    pruned_model_type = "prunelab_llama"
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
@@ -87,28 +101,19 @@ class LlamaAdapter(ModelAdapter):
         return self.model.lm_head
 
 
-class PrunelabLayerAdapter(LlamaLayerAdapter):
-    """A block of a pruned model: sub-layers may be absent, query heads unevenly grouped."""
+class PrunelabLayerAdapter(PrunedLayerAdapter, LlamaLayerAdapter):
+    """A block of ``PrunelabForCausalLM``: compensation is a bias after each sub-layer."""
 
-    def __init__(self, layer: nn.Module, head_dim: int, hidden: int):
-        super().__init__(layer, head_dim)
-        self._hidden = hidden
-
-    @property
-    def hidden_size(self) -> int:
-        return self._hidden
-
-    def kv_head_of(self) -> list[int]:
-        attn = self.layer.self_attn
-        return [] if attn is None else list(attn.kv_map)
+    def set_compensation(self, source: LayerAdapter, attention: torch.Tensor | None,
+                         mlp: torch.Tensor | None) -> None:
+        for bias, value in ((self.layer.attn_out_bias, attention),
+                            (self.layer.mlp_out_bias, mlp)):
+            if bias is not None:
+                bias.data.copy_(value)
 
 
 @ADAPTERS.register("prunelab_llama")
-class PrunelabAdapter(LlamaAdapter):
+class PrunelabAdapter(PrunedModelAdapter, LlamaAdapter):
     """Models produced by prunelab's surgery (``PrunelabForCausalLM``)."""
 
-    @property
-    def layers(self) -> list[LayerAdapter]:
-        hidden = self.config.hidden_size
-        return [PrunelabLayerAdapter(layer, self.head_dim, hidden)
-                for layer in self.decoder_layers]
+    layer_adapter_cls = PrunelabLayerAdapter

@@ -1,16 +1,18 @@
-"""The pruned-model architecture, registered with transformers' Auto classes on import.
+"""The pruned-model architectures, registered with transformers' Auto classes on import.
 
-A saved pruned model carries copies of the two code files so that plain transformers can load
-it with ``trust_remote_code=True``, which executes them. Each copy starts with a header naming
-the prunelab version that wrote it and the SHA-256 of the code below the header;
-:func:`check_remote_code` refuses a folder whose code no longer matches its header (it was
-edited), and warns when it differs from the installed code of the same version (a development
-build wrote it).
+One pruned family per source layout: ``prunelab_llama`` (LLaMA, Mistral, Qwen2) and
+``prunelab_gemma3``. A saved pruned model carries copies of its family's code files so that
+plain transformers can load it with ``trust_remote_code=True``, which executes them. Each copy
+starts with a header naming the prunelab version that wrote it and the SHA-256 of the code
+below the header; :func:`check_remote_code` refuses a folder whose code no longer matches its
+header (it was edited), and warns when it differs from the installed code of the same version
+(a development build wrote it).
 """
 
 import hashlib
 import logging
 import re
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -18,15 +20,42 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunelab.errors import CorruptFileError
 from prunelab.models.pruned.configuration_prunelab import PrunelabConfig
+from prunelab.models.pruned.configuration_prunelab_gemma3 import PrunelabGemma3Config
 from prunelab.models.pruned.modeling_prunelab import PrunelabForCausalLM
+from prunelab.models.pruned.modeling_prunelab_gemma3 import PrunelabGemma3ForCausalLM
 
 log = logging.getLogger(__name__)
+_HERE = Path(__file__).parent
 
-#: Files copied next to saved pruned models so plain transformers can load them.
-REMOTE_CODE_FILES = [Path(__file__).parent / "configuration_prunelab.py",
-                     Path(__file__).parent / "modeling_prunelab.py"]
-AUTO_MAP = {"AutoConfig": "configuration_prunelab.PrunelabConfig",
-            "AutoModelForCausalLM": "modeling_prunelab.PrunelabForCausalLM"}
+
+@dataclass(frozen=True)
+class PrunedFamily:
+    """A pruned architecture: its config and model classes and the code files they need."""
+
+    config_cls: type
+    model_cls: type
+    #: Copied next to a saved model (a class's module and the modules it imports).
+    code_files: tuple[str, ...]
+
+    @property
+    def auto_map(self) -> dict[str, str]:
+        """config.json's ``auto_map``: where ``trust_remote_code=True`` finds the classes."""
+        return {"AutoConfig": _qualified(self.config_cls),
+                "AutoModelForCausalLM": _qualified(self.model_cls)}
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+_LLAMA_FILES = ("configuration_prunelab.py", "modeling_prunelab.py")
+#: Pruned families by their model_type.
+FAMILIES = {
+    PrunelabConfig.model_type: PrunedFamily(PrunelabConfig, PrunelabForCausalLM, _LLAMA_FILES),
+    PrunelabGemma3Config.model_type: PrunedFamily(
+        PrunelabGemma3Config, PrunelabGemma3ForCausalLM,
+        (*_LLAMA_FILES, "configuration_prunelab_gemma3.py", "modeling_prunelab_gemma3.py")),
+}
 
 _HEADER = "# Written by prunelab {version}; SHA-256 of the code below this line: {digest}\n"
 _HEADER_PATTERN = re.compile(r"# Written by prunelab (\S+); SHA-256 of the code below this "
@@ -44,26 +73,31 @@ def _digest(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def write_remote_code(folder: Path) -> None:
-    """Copy the code files into ``folder``, each under its version-and-hash header."""
-    for source in REMOTE_CODE_FILES:
-        code = source.read_text()
+def write_remote_code(folder: Path, model_type: str) -> None:
+    """Copy the family's code files into ``folder``, each under its version-and-hash header."""
+    for name in FAMILIES[model_type].code_files:
+        code = (_HERE / name).read_text()
         header = _HEADER.format(version=_version(), digest=_digest(code))
-        (folder / source.name).write_text(header + code)
+        (folder / name).write_text(header + code)
 
 
-def check_remote_code(folder: Path) -> None:
+def check_remote_code(folder: Path, model_type: str) -> None:
     """Refuse code files that were edited after prunelab wrote them.
 
     Raises ``CorruptFileError`` naming the file. Code that matches its header but not the
     installed prunelab's code is accepted with a warning: prunelab itself loads the model
     with its installed classes, never with the folder's code.
     """
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise CorruptFileError(f"{folder}/config.json names model_type {model_type!r} and "
+                               f"remote code, but prunelab writes remote code only for "
+                               f"{', '.join(FAMILIES)}. The folder was not written by prunelab.")
     installed = _version()
-    for source in REMOTE_CODE_FILES:
-        path = folder / source.name
+    for name in family.code_files:
+        path = folder / name
         if not path.is_file():
-            raise CorruptFileError(f"{path} is missing: config.json's auto_map names it. Copy "
+            raise CorruptFileError(f"{path} is missing: config.json's auto_map needs it. Copy "
                                    "the folder again, or re-save the model with prunelab.")
         header, _, code = path.read_text().partition("\n")
         match = _HEADER_PATTERN.fullmatch(header + "\n")
@@ -76,14 +110,16 @@ def check_remote_code(folder: Path) -> None:
             raise CorruptFileError(
                 f"{path}: {problem}. trust_remote_code=True would execute this file; do not "
                 "load the folder with it. Re-save the model with prunelab to restore the code.")
-        if code != source.read_text():
+        if code != (_HERE / name).read_text():
             log.warning("%s was written by prunelab %s and differs from the installed %s's "
                         "code; prunelab loads the model with its installed classes", path,
                         match.group(1), installed)
 
 
-AutoConfig.register(PrunelabConfig.model_type, PrunelabConfig, exist_ok=True)
-AutoModelForCausalLM.register(PrunelabConfig, PrunelabForCausalLM, exist_ok=True)
+for _family in FAMILIES.values():
+    AutoConfig.register(_family.config_cls.model_type, _family.config_cls, exist_ok=True)
+    AutoModelForCausalLM.register(_family.config_cls, _family.model_cls, exist_ok=True)
 
-__all__ = ["AUTO_MAP", "REMOTE_CODE_FILES", "PrunelabConfig", "PrunelabForCausalLM",
-           "check_remote_code", "write_remote_code"]
+__all__ = ["FAMILIES", "PrunedFamily", "PrunelabConfig", "PrunelabForCausalLM",
+           "PrunelabGemma3Config", "PrunelabGemma3ForCausalLM", "check_remote_code",
+           "write_remote_code"]

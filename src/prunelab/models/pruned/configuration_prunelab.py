@@ -30,19 +30,24 @@ class PrunelabConfig(LlamaConfig):
     source_model_type: str | None = None
 
     def __post_init__(self, **kwargs):
-        layers = self.num_hidden_layers
-        if self.layer_kv_map is None:
-            q_per_kv = self.num_attention_heads // (self.num_key_value_heads or
-                                                    self.num_attention_heads)
-            self.layer_kv_map = [[h // q_per_kv for h in range(self.num_attention_heads)]
-                                 for _ in range(layers)]
-        if self.layer_intermediate_sizes is None:
-            self.layer_intermediate_sizes = [self.intermediate_size] * layers
-        if self.attention_compensation is None:
-            self.attention_compensation = [False] * layers
-        if self.mlp_compensation is None:
-            self.mlp_compensation = [False] * layers
+        fill_layer_geometry(self)
         super().__post_init__(**kwargs)
 
 
-__all__ = ["PrunelabConfig"]
+def fill_layer_geometry(config) -> None:
+    """Per-layer geometry of the unpruned model wherever a config leaves it unset."""
+    layers = config.num_hidden_layers
+    if config.layer_kv_map is None:
+        q_per_kv = config.num_attention_heads // (config.num_key_value_heads or
+                                                  config.num_attention_heads)
+        config.layer_kv_map = [[h // q_per_kv for h in range(config.num_attention_heads)]
+                               for _ in range(layers)]
+    if config.layer_intermediate_sizes is None:
+        config.layer_intermediate_sizes = [config.intermediate_size] * layers
+    if config.attention_compensation is None:
+        config.attention_compensation = [False] * layers
+    if config.mlp_compensation is None:
+        config.mlp_compensation = [False] * layers
+
+
+__all__ = ["PrunelabConfig", "fill_layer_geometry"]

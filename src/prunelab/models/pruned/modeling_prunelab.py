@@ -43,7 +43,8 @@ def _cache_indices(config: PrunelabConfig) -> list[int | None]:
 class PrunelabAttention(nn.Module):
     """Attention with any number of kept query heads mapped onto kept KV heads."""
 
-    def __init__(self, config: PrunelabConfig, layer_idx: int, cache_idx: int):
+    def __init__(self, config: PrunelabConfig, layer_idx: int, cache_idx: int, qkv_bias: bool,
+                 o_proj_bias: bool):
         super().__init__()
         kv_map = list(config.layer_kv_map[layer_idx])
         self.config = config
@@ -62,10 +63,19 @@ class PrunelabAttention(nn.Module):
         self.uneven = not regular
         self._kv_index: torch.Tensor | None = None  # built lazily on the keys' device
         hidden, hd = config.hidden_size, self.head_dim
-        self.q_proj = nn.Linear(hidden, self.num_heads * hd, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * hd, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * hd, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * hd, hidden, bias=config.o_proj_bias)
+        self.q_proj = nn.Linear(hidden, self.num_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * hd, hidden, bias=o_proj_bias)
+
+    def normalize_qk(self, query: torch.Tensor, key: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head query/key norms before rotary embedding (none in LLaMA)."""
+        return query, key
+
+    def interface_kwargs(self) -> dict:
+        """Extra keywords for the attention function (none in LLaMA)."""
+        return {}
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None,
                 **kwargs):
@@ -74,6 +84,7 @@ class PrunelabAttention(nn.Module):
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query, key = self.normalize_qk(query, key)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         if cache is not None:
@@ -87,21 +98,22 @@ class PrunelabAttention(nn.Module):
                                                           eager_attention_forward)
         output, weights = interface(self, query, key, value, attention_mask,
                                     dropout=0.0 if not self.training else self.attention_dropout,
-                                    scaling=self.scaling, **kwargs)
+                                    scaling=self.scaling, **self.interface_kwargs(), **kwargs)
         output = output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(output), weights
 
 
 class PrunelabMLP(nn.Module):
-    """Gated MLP of any width."""
+    """Gated MLP of any width (SiLU unless another activation is given)."""
 
-    def __init__(self, config: PrunelabConfig, width: int):
+    def __init__(self, config: PrunelabConfig, width: int, bias: bool, down_bias: bool,
+                 act_fn: nn.Module | None = None):
         super().__init__()
-        hidden, bias = config.hidden_size, config.mlp_bias
+        hidden = config.hidden_size
         self.gate_proj = nn.Linear(hidden, width, bias=bias)
         self.up_proj = nn.Linear(hidden, width, bias=bias)
-        self.down_proj = nn.Linear(width, hidden, bias=bias)
-        self.act_fn = nn.SiLU()
+        self.down_proj = nn.Linear(width, hidden, bias=down_bias)
+        self.act_fn = nn.SiLU() if act_fn is None else act_fn
 
     def forward(self, x):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
@@ -120,10 +132,11 @@ class PrunelabDecoderLayer(GradientCheckpointingLayer):
         has_attention = bool(config.layer_kv_map[layer_idx])
         width = config.layer_intermediate_sizes[layer_idx]
         self.input_layernorm = LlamaRMSNorm(hidden, eps=eps) if has_attention else None
-        self.self_attn = PrunelabAttention(config, layer_idx, cache_idx) if has_attention \
-            else None
+        self.self_attn = PrunelabAttention(config, layer_idx, cache_idx, config.qkv_bias,
+                                           config.o_proj_bias) if has_attention else None
         self.post_attention_layernorm = LlamaRMSNorm(hidden, eps=eps) if width else None
-        self.mlp = PrunelabMLP(config, width) if width else None
+        self.mlp = PrunelabMLP(config, width, config.mlp_bias, config.mlp_bias) if width \
+            else None
         self.attn_out_bias = nn.Parameter(torch.zeros(hidden)) \
             if config.attention_compensation[layer_idx] else None
         self.mlp_out_bias = nn.Parameter(torch.zeros(hidden)) \
