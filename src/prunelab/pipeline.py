@@ -28,6 +28,7 @@ from prunelab import pruning
 from prunelab.atomic import atomic_folder, write_json_atomic
 from prunelab.config.schema import RunConfig, job_container, validate
 from prunelab.config.typed import to_dataclass
+from prunelab.data.calibration import with_bos
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import DiskFullError, PrunelabError
 from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
@@ -296,7 +297,8 @@ def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir:
     meter = PhaseMeter(loaded.device)
     with meter.phase("recovery"):
         trained = recover(loaded.model, loaded.tokenizer, spec, loaded.device,
-                          run_cfg.paths.data_dir, out_dir, fingerprint, teacher, on_step)
+                          run_cfg.paths.data_dir, out_dir, fingerprint, teacher, on_step,
+                          bos=run_cfg.model.bos)
     del teacher
     loaded.model = trained.model
     loaded.adapter = adapter_for(trained.model)
@@ -334,7 +336,7 @@ def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True,
         t0 = time.perf_counter()
         metrics.zero_shot = _typed(ZeroShotResult, evaluate_zero_shot(
             loaded.model, loaded.tokenizer, bench.zero_shot, run_cfg.paths.cache_dir,
-            loaded.device), "metrics.zero_shot")
+            loaded.device, bos=run_cfg.model.bos), "metrics.zero_shot")
         parts["zero_shot"] = time.perf_counter() - t0
     if speed and bench.speed.enabled:
         t0 = time.perf_counter()
@@ -413,8 +415,11 @@ def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel
                              documents=spec.documents, path=spec.path)
         windows = evaluation_windows(corpus, loaded.tokenizer, spec.seqlen, spec.joiner,
                                      spec.max_windows)
+        if run_cfg.model.bos:
+            windows = with_bos(windows, loaded.tokenizer)
         value = perplexity(loaded.model, windows, bench.batch_size, loaded.device, desc=name)
-        results[name] = PerplexityResult(**value, **protocol_fields(spec, corpus))
+        results[name] = PerplexityResult(**value, **protocol_fields(spec, corpus,
+                                                                   run_cfg.model.bos))
         log.info("%s perplexity %.4f over %d windows", name, value["ppl"], value["windows"])
     return results
 
@@ -431,6 +436,9 @@ def _check_context(run_cfg: RunConfig, loaded: LoadedModel) -> None:
     if speed.decode_tokens:
         lengths["benchmark.speed.decode_prompt + decode_tokens"] = (speed.decode_prompt
                                                                     + speed.decode_tokens)
+    if run_cfg.model.bos:  # evaluation windows and calibration samples gain a BOS token
+        lengths = {(k if "speed" in k else f"{k} + BOS"): v + ("speed" not in k)
+                   for k, v in lengths.items()}
     too_long = [f"{k}={v}" for k, v in lengths.items() if v > limit]
     if too_long:
         raise PrunelabError(f"{', '.join(too_long)} exceeds the context length {limit} of "

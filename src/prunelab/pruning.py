@@ -27,7 +27,7 @@ from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
 from prunelab.calibration.cache import StatisticsCache
 from prunelab.calibration.runner import LayerStats, run_layerwise, run_streaming
 from prunelab.config.schema import RunConfig
-from prunelab.data.calibration import sample_calibration
+from prunelab.data.calibration import sample_calibration, with_bos
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import NonFiniteError, PrunelabError
 from prunelab.meter import PhaseMeter
@@ -170,14 +170,17 @@ class _Stage:
         job, loaded = self.job, self.loaded
         return {"model": loaded.fingerprint,
                 "prunable_params": loaded.adapter.prunable_parameter_count(),
-                "calibration": asdict(job.calibration)}
+                "calibration": asdict(job.calibration),
+                **({"bos": True} if job.model.bos else {})}
 
     def _samples(self) -> torch.Tensor:
         calib = self.job.calibration
         corpus = load_corpus(calib.dataset, calib.split, self.job.paths.data_dir,
                              documents=calib.documents, path=calib.path)
-        return sample_calibration(corpus, self.loaded.tokenizer, calib.nsamples, calib.seqlen,
-                                  calib.seed, mode=calib.mode, joiner=calib.joiner)
+        samples = sample_calibration(corpus, self.loaded.tokenizer, calib.nsamples,
+                                     calib.seqlen, calib.seed, mode=calib.mode,
+                                     joiner=calib.joiner)
+        return with_bos(samples, self.loaded.tokenizer) if self.job.model.bos else samples
 
     def _calibrate(self) -> list[LayerStats]:
         kinds = list(self.method.statistics)

@@ -119,6 +119,7 @@ class PerplexityResult:
     max_windows: int | None
     documents: list[int] | None
     metric: str
+    bos: bool = False  # each window followed a BOS token (model.bos)
 
 
 @dataclass

@@ -32,6 +32,10 @@ class ModelConfig:
     #: writes the GGUF file (packages shipping it in chunks); assembled once into the cache.
     assemble: str | None = None
     sha256: str | None = None  # gguf / package_gguf: the file's expected SHA-256
+    #: prepend the tokenizer's BOS token to every calibration sample, evaluation window and
+    #: recovery window (models that need it, as Gemma does: without it Gemma-3 270M's WikiText2
+    #: perplexity is ~6x higher); the papers' LLaMA protocol has none (false)
+    bos: bool = False
     revision: str | None = None
     architecture: dict[str, Any] | None = None  # random: HF config fields
     trust_remote_code: bool = False

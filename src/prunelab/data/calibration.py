@@ -24,6 +24,20 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
+def with_bos(windows: torch.Tensor, tokenizer) -> torch.Tensor:
+    """``windows`` with the tokenizer's BOS token before each (``model.bos=true``).
+
+    Every token of a window is then predicted (from the BOS before it), and a window is one
+    token longer than its text.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise PrunelabError("model.bos=true, but the tokenizer has no BOS token. Set "
+                            "model.bos=false for this model.")
+    column = torch.full((windows.shape[0], 1), bos, dtype=windows.dtype)
+    return torch.cat([column, windows], dim=1)
+
+
 def sample_calibration(
     corpus: Corpus,
     tokenizer,

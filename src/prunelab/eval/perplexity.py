@@ -1,7 +1,8 @@
 """Token perplexity with the papers' protocol (PROTOCOLS.md).
 
 The text is ``joiner.join(rows)`` tokenised once without special tokens, cut into
-non-overlapping windows of ``seqlen`` tokens (remainder dropped, no BOS per window), and
+non-overlapping windows of ``seqlen`` tokens (remainder dropped, no BOS per window unless
+``model.bos``: then each window follows a BOS token and all its tokens are predicted), and
 PPL = ``exp(mean NLL over every predicted token)`` accumulated in float64.
 """
 
@@ -67,11 +68,12 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
     }
 
 
-def protocol_fields(spec: PerplexitySpec, corpus: Corpus) -> dict:
+def protocol_fields(spec: PerplexitySpec, corpus: Corpus, bos: bool) -> dict:
     """Protocol details recorded next to a perplexity value."""
     return {
         **corpus.provenance(),
         "seqlen": spec.seqlen,
+        "bos": bos,
         "joiner": spec.joiner,
         "max_windows": spec.max_windows,
         "documents": spec.documents,

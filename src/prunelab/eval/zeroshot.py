@@ -48,7 +48,8 @@ def check_available(spec: ZeroShotSpec, cache_dir: str) -> None:
 
 def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: ZeroShotSpec,
                        cache_dir: str, device: torch.device,
-                       documents: dict[str, list[int]] | None = None) -> dict[str, Any]:
+                       documents: dict[str, list[int]] | None = None,
+                       bos: bool = False) -> dict[str, Any]:
     """Accuracies of ``model`` on ``spec.tasks`` and the protocol's average (in [0, 1]).
 
     ``documents`` (task -> document indices, instead of ``spec.limit``) evaluates chosen
@@ -70,8 +71,9 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: ZeroShotSpe
         names = {task: TASKS[task].local_name for task in spec.tasks}
     was_training = model.training
     model.eval()
+    # bos: every request starts with BOS; otherwise the tokenizer's own default decides
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
-              device=str(device))
+              device=str(device), add_bos_token=True if bos else None)
     output = simple_evaluate(model=lm, tasks=list(names.values()), num_fewshot=0,
                              limit=spec.limit, task_manager=manager, log_samples=False,
                              samples=None if documents is None else

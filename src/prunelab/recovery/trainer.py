@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from prunelab.config.schema import RecoveryConfig
+from prunelab.data.calibration import with_bos
 from prunelab.data.corpora import load_corpus
 from prunelab.eval.perplexity import evaluation_windows
 from prunelab.recovery.checkpoint import (
@@ -80,7 +81,7 @@ def training_dtype(spec: RecoveryConfig, device: torch.device) -> torch.dtype:
 def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.device,
             data_dir: str | None, checkpoint_dir: Path, identity: str,
             teacher: nn.Module | None = None,
-            on_step: StepCallback | None = None) -> RecoveryOutcome:
+            on_step: StepCallback | None = None, bos: bool = False) -> RecoveryOutcome:
     """Train ``model`` as ``spec`` says and return it merged (no adapter left).
 
     ``identity`` names the job: a checkpoint in ``checkpoint_dir`` with the same identity is
@@ -92,6 +93,8 @@ def recover(model: nn.Module, tokenizer, spec: RecoveryConfig, device: torch.dev
     corpus = load_corpus(spec.data.dataset, spec.data.split, data_dir,
                          documents=spec.data.documents, path=spec.data.path)
     windows = evaluation_windows(corpus, tokenizer, spec.seqlen, spec.data.joiner, None)
+    if bos:  # the model is evaluated after a BOS token (model.bos): it trains after one too
+        windows = with_bos(windows, tokenizer)
     order = window_order(len(windows), spec.micro_batches, spec.batch_size, spec.seed)
     steps = math.ceil(spec.micro_batches / spec.grad_accumulation)
     dtype = training_dtype(spec, device)
