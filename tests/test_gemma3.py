@@ -168,3 +168,46 @@ def test_tiny_gemma3_config_composes_to_sliding_and_global_blocks(make_cfg, tmp_
     assert model.config.layer_types == ["sliding_attention", "full_attention",
                                         "sliding_attention"]
     assert json.loads(model.config.to_json_string())["num_key_value_heads"] == 1
+
+
+@pytest.fixture(scope="module")
+def gemma3_270m():
+    """The embedded Gemma-3 270M (assembled and converted once into the prunelab cache)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import compose_config
+
+    run = validate(compose_config(["model=gemma3_270m", "model.device=cpu"]))
+    GlobalHydra.instance().clear()
+    return loading.load_model(run.model, run.paths.cache_dir)
+
+
+@pytest.mark.integration
+def test_gemma3_270m_predicts_text_and_its_pruned_model_equals_the_masked_one(gemma3_270m,
+                                                                              data_dir):
+    import copy
+
+    from prunelab.data.calibration import with_bos
+    from prunelab.data.corpora import load_corpus
+    from prunelab.eval.perplexity import evaluation_windows, perplexity
+    from tests.helpers.plans import mask_model
+
+    model, tokenizer, adapter = gemma3_270m.model, gemma3_270m.tokenizer, gemma3_270m.adapter
+    assert (len(adapter.layers), adapter.head_dim, model.config.layer_types.count(
+        "full_attention")) == (18, 256, 3)
+    windows = evaluation_windows(load_corpus("wikitext2", "test", data_dir), tokenizer, 128,
+                                 "\n\n", max_windows=5)
+    ppl = perplexity(model, with_bos(windows[:2], tokenizer), 2, gemma3_270m.device)["ppl"]
+    assert 10 < ppl < 80  # about 30 on these windows; some 6x higher without the BOS token
+    # one KV head per block: a block keeping one head keeps it; block 5 (global) loses all
+    plan = PruningPlan([LayerPlan([] if i == 5 else [i % 4] if i % 3 == 0 else [0, 1, 3],
+                                  list(range(0, 2048, 1 + i % 3))) for i in range(18)])
+    means = means_for(model, 7)
+    masked = copy.deepcopy(model)
+    mask_model(adapter_for(masked), plan, means)
+    pruned = prune_model(model, adapter, plan, means)
+    tokens = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), windows.reshape(1, -1)[:, :600]],
+                       dim=1)  # beyond the 512-token sliding window
+    with torch.no_grad():
+        expected, got = masked(tokens).logits, pruned(tokens).logits
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
