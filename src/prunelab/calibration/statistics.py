@@ -17,6 +17,7 @@ from torch import nn
 
 from prunelab.errors import UnsupportedModelError
 from prunelab.models.adapters import LayerAdapter
+from prunelab.models.adapters.base import norm_eps
 from prunelab.registry import Registry
 
 
@@ -162,11 +163,6 @@ def head_residual_changes(layer: LayerAdapter, a: torch.Tensor,
     return change * gamma / rms(o, post)[:, None, None]
 
 
-def norm_eps(norm: nn.Module) -> float:
-    """The epsilon of an RMSNorm module (LLaMA names it ``variance_epsilon``, others ``eps``)."""
-    return getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0))
-
-
 def gated_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the MLP sub-layer adds to the residual stream ``x``, computed from the weights.
 
@@ -188,7 +184,10 @@ def gated_mlp(layer: LayerAdapter) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def activation(layer: LayerAdapter) -> nn.Module:
     """The gated MLP's activation, or a clear refusal when the block has none to find."""
-    act = getattr(layer.mlp, "act_fn", None)
+    try:
+        act = layer.activation
+    except AttributeError:
+        act = None
     if not callable(act):
         raise UnsupportedModelError(
             f"{type(layer).__name__}: this statistic needs the gated MLP "

@@ -84,8 +84,7 @@ class LayerAdapter(ABC):
 
     def apply_norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``norm(x)`` from its weights, without calling the module (no hook sees it)."""
-        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0))
-        return F.rms_norm(x, (x.shape[-1],), self.norm_scale(norm).to(x.dtype), eps)
+        return F.rms_norm(x, (x.shape[-1],), self.norm_scale(norm).to(x.dtype), norm_eps(norm))
 
     @abstractmethod
     def attention_norms(self) -> dict[str, nn.Module]:
@@ -182,6 +181,11 @@ class LayerAdapter(ABC):
     def prunable_parameter_count(self) -> int:
         """Parameters (weights and biases) of the seven projections."""
         return sum(p.numel() for lin in self.projections().values() for p in lin.parameters())
+
+
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (LLaMA names it ``variance_epsilon``, others ``eps``)."""
+    return getattr(norm, "variance_epsilon", getattr(norm, "eps", 0.0))
 
 
 def _row_parameters(linear: nn.Linear) -> int:
