@@ -51,6 +51,8 @@ EXPECTED = {
                                   "whole_modules": {True, False}}),
     "interaction_paper": (6, {"method": {"dense", "interaction"}, "ratio": {0.2, 0.3, 0.5},
                               "calibration": {(128, 2048)}}),
+    "model_orderings": (12, {"method": {"dense", "flap", "wanda_sp", "mag_sp", "bip",
+                                        "interaction"}, "ratio": {0.2, 0.5}}),
 }
 
 
