@@ -244,7 +244,6 @@ class ModelAdapter(ABC):
         """All parameters, tied embeddings counted once."""
         return sum(p.numel() for p in self.model.parameters())
 
-
     @classmethod
     def check_config(cls, config) -> None:
         """Refuse a variant of the family this adapter does not handle (none by default)."""
