@@ -26,7 +26,7 @@ def test_the_written_file_reads_back_as_the_same_record(job):
     again = read_record(out)
     assert again == record and again.path == out / RESULTS_FILE
     data = json.loads((out / RESULTS_FILE).read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 4
+    assert data["schema_version"] == SCHEMA_VERSION == 5
     assert list(data)[:3] == ["schema_version", "complete", "job"]
     assert "path" not in data
 
@@ -71,6 +71,17 @@ def test_version_3_is_read_as_speed_without_a_reference(job):
     converted = ResultsRecord.from_dict(data)
     assert converted.schema_version == SCHEMA_VERSION
     assert converted.metrics.speed.prefill["1x16"].speedup is None
+    assert converted.metrics == record.metrics
+
+
+def test_version_4_is_read_as_a_job_without_memory_figures(job):
+    record, _ = job
+    data = record.to_dict()
+    assert data["memory"]["measured_bytes"]["load"] > 0
+    del data["memory"]
+    data["schema_version"] = 4
+    converted = ResultsRecord.from_dict(data)
+    assert converted.memory is None and converted.schema_version == SCHEMA_VERSION
     assert converted.metrics == record.metrics
 
 

@@ -33,14 +33,24 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in bytes."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def _peak_rss_bytes() -> int | None:
+    return _status_bytes("VmHWM")
+
+
+def current_rss_bytes() -> int:
+    """Resident memory of the process now (0 where ``/proc`` is not available)."""
+    return _status_bytes("VmRSS") or 0
 
 
 def process_peak_rss_bytes() -> int:

@@ -35,9 +35,10 @@ from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fi
 from prunelab.eval.speed import measure_speed
 from prunelab.eval.zeroshot import check_available as check_zero_shot_available
 from prunelab.eval.zeroshot import evaluate_zero_shot
-from prunelab.meter import PhaseMeter, process_peak_rss_bytes
+from prunelab.meter import PhaseMeter, current_rss_bytes, process_peak_rss_bytes
+from prunelab.models import memory
 from prunelab.models.adapters import adapter_for
-from prunelab.models.loading import LoadedModel, load_model
+from prunelab.models.loading import LoadedModel, load_model, model_config, resolve_device
 from prunelab.models.plan import SOURCE_FIELD
 from prunelab.models.surgery import save_pruned
 from prunelab.record import (
@@ -45,6 +46,7 @@ from prunelab.record import (
     Evaluation,
     JobInfo,
     LayerSizes,
+    MemoryInfo,
     MethodInfo,
     Metrics,
     ModelInfo,
@@ -162,15 +164,24 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
              logger: WandbLogger) -> ResultsRecord:
     started = _now()
     check_zero_shot_available(run_cfg.benchmark.zero_shot, run_cfg.paths.cache_dir)
+    method = METHODS.get(run_cfg.method.name)(run_cfg.method.params)
+    baseline = current_rss_bytes()
+    device = resolve_device(run_cfg.model.device)
+    expected = memory.estimate(
+        memory.Geometry.from_config(model_config(run_cfg.model, run_cfg.paths.cache_dir)),
+        run_cfg, frozenset(method.needs), method.prunes(), device.type == "cuda")
+    log.info("Memory model, expected peak per phase:\n%s",
+             memory.format_table(expected, baseline))
+    meter = PhaseMeter(device)
     t0 = time.perf_counter()
-    loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
+    with meter.phase("load"):
+        loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
     load_time = time.perf_counter() - t0
     _check_context(run_cfg, loaded)
     _check_dense_available(run_cfg, loaded)
     before = _parameter_counts(loaded)
     layers_before = _layer_sizes(loaded)
 
-    method = METHODS.get(run_cfg.method.name)(run_cfg.method.params)
     if not method.prunes():
         log.info("method=%s removes nothing: the schedule is not used", run_cfg.method.name)
     t0 = time.perf_counter()
@@ -186,8 +197,9 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         if _parameter_counts(loaded) != after or _layer_sizes(loaded) != layers_after:
             raise RuntimeError("recovery changed the pruned geometry; it must only train")
     if run_cfg.save_model:
-        _save_model(loaded, outcome, out_dir / "model")
-    metrics, parts = _evaluate(run_cfg, loaded, prunes=method.prunes())
+        with meter.phase("save"):
+            _save_model(loaded, outcome, out_dir / "model")
+    metrics, parts = _evaluate(run_cfg, loaded, prunes=method.prunes(), meter=meter)
     parts |= {f"{part}_before_recovery": seconds for part, seconds in parts_before.items()}
 
     record = ResultsRecord(
@@ -215,11 +227,24 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         evaluation=Evaluation(sum(parts.values()), parts),
         wandb=WandbInfo(logger.mode if logger.run else None, logger.run_dir),
         recovery=recovery,
+        memory=MemoryInfo(
+            kind=meter.memory_kind, baseline_bytes=baseline,
+            predicted_host_bytes={k: v.host_bytes + baseline for k, v in expected.items()},
+            predicted_device_bytes={k: v.device_bytes for k, v in expected.items()},
+            measured_bytes=_chronological(meter.peak_memory_bytes, outcome.peak_memory_bytes),
+            process_peak_bytes=process_peak_rss_bytes()),
     )
     write_json_atomic(out_dir / RESULTS_FILE, record.to_dict())
     logger.log_results(record)
     print(summary_table(record))
     return record
+
+
+def _chronological(job_phases: dict[str, int], pruning_phases: dict[str, int]
+                   ) -> dict[str, int]:
+    """The job's phases in the order they ran: loading, the pruning stage's, the rest."""
+    rest = {k: v for k, v in job_phases.items() if k != "load"}
+    return {"load": job_phases["load"], **pruning_phases, **rest}
 
 
 def _plot_pruning(run_cfg: RunConfig, outcome: pruning.PruningOutcome,
@@ -322,36 +347,46 @@ def _recover(run_cfg: RunConfig, loaded: LoadedModel, fingerprint: str, out_dir:
 
 
 def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True,
-              prunes: bool = False) -> tuple[Metrics, dict[str, float]]:
+              prunes: bool = False, meter: PhaseMeter | None = None
+              ) -> tuple[Metrics, dict[str, float]]:
     """The benchmark suite's measurements (speed only if ``speed``), and each part's time.
 
     With ``benchmark.speed.reference=dense`` and a method that ``prunes``, the dense model is
-    loaded for the speed part only and timed interleaved with the pruned one.
+    loaded for the speed part only and timed interleaved with the pruned one. ``meter``
+    records each part's peak memory.
     """
     bench = run_cfg.benchmark
+    meter = meter or PhaseMeter(loaded.device)
     t0 = time.perf_counter()
-    metrics = Metrics(_evaluate_perplexity(run_cfg, loaded))
+    metrics = Metrics(_evaluate_perplexity(run_cfg, loaded, meter))
     parts = {"perplexity": time.perf_counter() - t0}
     if bench.zero_shot.tasks:
         t0 = time.perf_counter()
-        metrics.zero_shot = _typed(ZeroShotResult, evaluate_zero_shot(
-            loaded.model, loaded.tokenizer, bench.zero_shot, run_cfg.paths.cache_dir,
-            loaded.device, bos=run_cfg.model.bos), "metrics.zero_shot")
+        with meter.phase("zero_shot"):
+            metrics.zero_shot = _typed(ZeroShotResult, evaluate_zero_shot(
+                loaded.model, loaded.tokenizer, bench.zero_shot, run_cfg.paths.cache_dir,
+                loaded.device, bos=run_cfg.model.bos), "metrics.zero_shot")
         parts["zero_shot"] = time.perf_counter() - t0
     if speed and bench.speed.enabled:
         t0 = time.perf_counter()
-        reference = None
-        if bench.speed.reference == "dense" and prunes:
-            reference = _load_dense(run_cfg, "speed reference")
-        elif bench.speed.reference == "dense":
-            log.info("benchmark.speed.reference=dense: method=%s removes nothing, so the job "
-                     "records no speed-up", run_cfg.method.name)
-        metrics.speed = _typed(SpeedResult, measure_speed(
-            loaded.model, loaded.adapter, bench.speed, loaded.device,
-            loaded.model.get_input_embeddings().num_embeddings, reference), "metrics.speed")
-        del reference
+        with meter.phase("speed"):
+            metrics.speed = _measure_speed(run_cfg, loaded, prunes)
         parts["speed"] = time.perf_counter() - t0
     return metrics, parts
+
+
+def _measure_speed(run_cfg: RunConfig, loaded: LoadedModel, prunes: bool) -> SpeedResult:
+    """The speed part; the dense reference is loaded for it when the suite asks for one."""
+    bench = run_cfg.benchmark
+    reference = None
+    if bench.speed.reference == "dense" and prunes:
+        reference = _load_dense(run_cfg, "speed reference")
+    elif bench.speed.reference == "dense":
+        log.info("benchmark.speed.reference=dense: method=%s removes nothing, so the job "
+                 "records no speed-up", run_cfg.method.name)
+    return _typed(SpeedResult, measure_speed(
+        loaded.model, loaded.adapter, bench.speed, loaded.device,
+        loaded.model.get_input_embeddings().num_embeddings, reference), "metrics.speed")
 
 
 def _typed(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -406,18 +441,20 @@ def _save_model(loaded: LoadedModel, outcome, folder: Path) -> None:
     log.info("Model saved to %s", folder)
 
 
-def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel
+def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel, meter: PhaseMeter
                          ) -> dict[str, PerplexityResult]:
     results = {}
     bench = run_cfg.benchmark
     for name, spec in bench.perplexity.items():
-        corpus = load_corpus(spec.dataset, spec.split, run_cfg.paths.data_dir,
-                             documents=spec.documents, path=spec.path)
-        windows = evaluation_windows(corpus, loaded.tokenizer, spec.seqlen, spec.joiner,
-                                     spec.max_windows)
-        if run_cfg.model.bos:
-            windows = with_bos(windows, loaded.tokenizer)
-        value = perplexity(loaded.model, windows, bench.batch_size, loaded.device, desc=name)
+        with meter.phase(f"perplexity/{name}"):  # reading the corpus included
+            corpus = load_corpus(spec.dataset, spec.split, run_cfg.paths.data_dir,
+                                 documents=spec.documents, path=spec.path)
+            windows = evaluation_windows(corpus, loaded.tokenizer, spec.seqlen, spec.joiner,
+                                         spec.max_windows)
+            if run_cfg.model.bos:
+                windows = with_bos(windows, loaded.tokenizer)
+            value = perplexity(loaded.model, windows, bench.batch_size, loaded.device,
+                               desc=name)
         results[name] = PerplexityResult(**value, **protocol_fields(spec, corpus,
                                                                    run_cfg.model.bos))
         log.info("%s perplexity %.4f over %d windows", name, value["ppl"], value["windows"])

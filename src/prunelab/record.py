@@ -9,7 +9,8 @@ dataclasses (unknown or missing keys fail, naming them) and converts older schem
 Schema versions: 1 (until the pruning stage was split out of the methods); 2 adds
 ``pruning.removed_blocks``, the blocks that execute nothing (whole-block methods, or any plan
 that removed a block's attention and MLP together); 3 adds ``recovery`` (training after pruning,
-with the metrics measured before it), absent (None) in older files.
+with the metrics measured before it), absent (None) in older files; 5 adds ``memory`` (each
+phase's peak as the memory model predicted it and as measured), None in older files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prunelab.config.typed import to_dataclass
 from prunelab.errors import PrunelabError
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 @dataclass
@@ -263,6 +264,22 @@ class Evaluation:
 
 
 @dataclass
+class MemoryInfo:
+    """Peak memory per phase: predicted by the memory model (models/memory.py) and measured.
+
+    ``kind`` is what was measured: ``rss_peak`` (the process's resident set, host figures
+    include ``baseline_bytes``, what it held before loading) or ``cuda_max_allocated``.
+    """
+
+    kind: str
+    baseline_bytes: int
+    predicted_host_bytes: dict[str, int]
+    predicted_device_bytes: dict[str, int]
+    measured_bytes: dict[str, int]
+    process_peak_bytes: int
+
+
+@dataclass
 class WandbInfo:
     """Where the job's W&B run went (None when not logged)."""
 
@@ -288,6 +305,7 @@ class ResultsRecord:
     evaluation: Evaluation
     wandb: WandbInfo
     recovery: RecoveryInfo | None = None
+    memory: MemoryInfo | None = None
     schema_version: int = SCHEMA_VERSION
     complete: bool = True
     #: the results.json this record was read from (not saved in it)
@@ -366,7 +384,7 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
     version = data.get("schema_version")
     if version == SCHEMA_VERSION:
         return data
-    if version in (2, 3):  # 3 -> 4 added optional fields only
+    if version in (2, 3, 4):  # 3 -> 4 -> 5 added optional fields only
         return {**data, "schema_version": SCHEMA_VERSION}
     if version == 1:
         plan = (data.get("pruning") or {}).get("plan")

@@ -40,6 +40,7 @@ from prunelab.calibration.runner import (
 from prunelab.calibration.statistics import ChannelMoments
 from prunelab.errors import PrunelabError, unknown_name_message
 from prunelab.models.adapters import ModelAdapter
+from prunelab.models.lm_head import tokens_per_chunk
 
 ESTIMATORS = ("entropy", "kl", "cosine")
 
@@ -184,14 +185,15 @@ def gaussian_entropy(moments: ChannelMoments) -> float:
     return float(0.5 * moments.result()["var"].clamp_min(1e-300).log().sum())
 
 
-def _token_kl(reference: torch.Tensor, changed: torch.Tensor, head: nn.Module,
-              chunk: int = 256) -> float:
+def _token_kl(reference: torch.Tensor, changed: torch.Tensor, head: nn.Module) -> float:
     """Sum over tokens of KL(p_reference || p_changed) from final hidden states.
 
-    In chunks of tokens: float64 log-probabilities over a vocabulary are large.
+    In chunks of tokens (models/lm_head.py): float64 log-probabilities over a vocabulary are
+    large.
     """
     reference = reference.reshape(-1, reference.shape[-1])
     changed = changed.reshape(-1, changed.shape[-1])
+    chunk = tokens_per_chunk(head.weight.shape[0], bytes_per_value=8)
     total = 0.0
     for start in range(0, reference.shape[0], chunk):
         log_p = F.log_softmax(head(reference[start:start + chunk]).double(), dim=-1)

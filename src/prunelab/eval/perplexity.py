@@ -3,7 +3,8 @@
 The text is ``joiner.join(rows)`` tokenised once without special tokens, cut into
 non-overlapping windows of ``seqlen`` tokens (remainder dropped, no BOS per window unless
 ``model.bos``: then each window follows a BOS token and all its tokens are predicted), and
-PPL = ``exp(mean NLL over every predicted token)`` accumulated in float64.
+PPL = ``exp(mean NLL over every predicted token)`` accumulated in float64. The LM head runs
+over a bounded chunk of tokens at a time (models/lm_head.py), so a batch's logits are never held.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunelab.config.schema import PerplexitySpec
 from prunelab.data.calibration import tokenize
 from prunelab.data.corpora import Corpus
 from prunelab.errors import PrunelabError
+from prunelab.models.lm_head import next_token_nll
 
 
 def evaluation_windows(corpus: Corpus, tokenizer, seqlen: int, joiner: str,
@@ -43,20 +44,18 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int,
     total_nll = 0.0
     predicted = 0
     start = time.perf_counter()
+    decoder, head = model.base_model, model.get_output_embeddings()
     for batch in tqdm(windows.split(batch_size), desc=desc, unit="batch"):
         batch = batch.to(device)
-        logits = model(input_ids=batch, use_cache=False).logits
-        nll = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-            batch[:, 1:].reshape(-1),
-            reduction="sum",
-        )
-        if not torch.isfinite(nll):
+        hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state
+        nll = next_token_nll(hidden[:, :-1].reshape(-1, hidden.size(-1)),
+                             batch[:, 1:].reshape(-1), head)
+        if not math.isfinite(nll):
             raise PrunelabError(
                 f"{desc}: non-finite loss (NaN/Inf). The model's outputs overflowed; "
                 "evaluate in float32 (model.dtype=float32)."
             )
-        total_nll += float(nll.double())
+        total_nll += nll
         predicted += batch[:, 1:].numel()
     mean_nll = total_nll / predicted
     return {

@@ -30,7 +30,7 @@ from prunelab.errors import CorruptFileError, DataMissingError, PrunelabError
 from prunelab.models.adapters import ModelAdapter, adapter_for, check_supported
 from prunelab.models.fingerprint import file_digest, folder_digest
 from prunelab.models.integrity import check_finite_weights, check_model_folder
-from prunelab.models.tiny import byte_tokenizer, random_model
+from prunelab.models.tiny import byte_tokenizer, random_config, random_model
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,24 @@ def load_model(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
     model = model.to(device=device, dtype=dtype).eval()
     adapter = adapter_for(model)
     return LoadedModel(model, tokenizer, adapter, source, device, f"{fingerprint}:{cfg.dtype}")
+
+
+def model_config(cfg: ModelConfig, cache_dir: str):
+    """The Hugging Face config of the model ``cfg`` describes, without loading any weight.
+
+    A GGUF source is converted first (once; the converted folder is what loads later).
+    """
+    if cfg.source == "random":
+        return random_config(cfg.architecture)
+    folder = _pretrained_folder(cfg, cache_dir)[0]
+    local_only = cfg.source != "hub" or not hub_reachable()
+    try:
+        return AutoConfig.from_pretrained(folder, revision=cfg.revision,
+                                          local_files_only=local_only,
+                                          trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise DataMissingError(f"Model {cfg.name!r} ({folder}): its config could not be read: "
+                               f"{err}") from err
 
 
 def _pretrained_folder(cfg: ModelConfig, cache_dir: str) -> tuple[str, str, str]:

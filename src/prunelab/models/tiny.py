@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 
 BYTE_VOCAB_SIZE = 257  # 256 byte symbols + <eos>
 
@@ -23,11 +28,16 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
 
 
-def random_model(architecture: dict, seed: int) -> torch.nn.Module:
-    """A randomly initialised causal LM from HF config fields (``model_type`` plus sizes)."""
+def random_config(architecture: dict) -> PretrainedConfig:
+    """The HF config of a random model (``model_type`` plus sizes; byte vocabulary default)."""
     fields = dict(architecture)
     model_type = fields.pop("model_type")
     fields.setdefault("vocab_size", BYTE_VOCAB_SIZE)
-    config = AutoConfig.for_model(model_type, **fields)
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def random_model(architecture: dict, seed: int) -> torch.nn.Module:
+    """A randomly initialised causal LM from HF config fields (``model_type`` plus sizes)."""
+    config = random_config(architecture)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
