@@ -14,7 +14,9 @@ so that later blocks see the pruned outputs (Wanda-sp).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,8 +25,12 @@ from tqdm.auto import tqdm
 from prunelab.calibration.statistics import STATISTICS
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import LayerAdapter, ModelAdapter
+from prunelab.models.streaming import WeightStore
+from prunelab.spill import SpilledTensor, activation_buffer
 
 LayerStats = dict[str, dict[str, torch.Tensor]]
+#: Hidden states of every sample between two blocks: in memory, or spilled to disk.
+Buffer = torch.Tensor | SpilledTensor
 OnLayer = Callable[[int, LayerAdapter, LayerStats], None]
 
 
@@ -34,17 +40,20 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_size: int,
-                         device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+                         device: torch.device, buffer: Buffer | None = None
+                         ) -> tuple[Buffer, list[dict]]:
     """Hidden states entering block 0 for every sample, and the keywords each block gets.
 
     Blocks may get different keywords (Gemma-3's sliding-window and global layers have their
-    own masks and rotary embeddings), so the first batch runs through every block to record
-    them; later batches stop at block 0.
+    own masks and rotary embeddings), so the first batch passes through every block, each
+    returning its input unchanged (no block computes, and no block's weights are needed),
+    to record them; later batches stop at block 0. ``buffer`` (``[nsamples, seqlen,
+    hidden]``) receives the states; by default one is allocated in memory.
     """
     blocks = adapter.decoder_layers
-    buffer: list[torch.Tensor] = []  # one [nsamples, seqlen, hidden] tensor, filled in place
     filled = [0]
     per_block: list[dict] = []
+    holder: list[Buffer] = [] if buffer is None else [buffer]
 
     def record(kwargs: dict) -> None:
         per_block.append({k: v for k, v in kwargs.items()
@@ -55,9 +64,9 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
 
     def first(_module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if not buffer:  # allocated once: no list of batches and no concatenated copy
-            buffer.append(hidden.new_empty((samples.shape[0], *hidden.shape[1:])))
-        buffer[0][filled[0]:filled[0] + hidden.shape[0]] = hidden
+        if not holder:  # allocated once: no list of batches and no concatenated copy
+            holder.append(hidden.new_empty((samples.shape[0], *hidden.shape[1:])))
+        holder[0][filled[0]:filled[0] + hidden.shape[0]] = hidden
         filled[0] += hidden.shape[0]
         if len(per_block) == len(blocks):
             raise _StopForward
@@ -66,6 +75,8 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
     handles = [blocks[0].register_forward_pre_hook(first, with_kwargs=True)]
     handles += [block.register_forward_pre_hook(lambda _m, _a, kwargs: record(kwargs),
                                                 with_kwargs=True) for block in blocks[1:]]
+    for block in blocks:
+        block.forward = _pass_through
     try:
         for batch in samples.split(batch_size):
             try:
@@ -73,9 +84,15 @@ def capture_block_inputs(adapter: ModelAdapter, samples: torch.Tensor, batch_siz
             except _StopForward:
                 pass
     finally:
+        for block in blocks:
+            del block.forward
         for handle in handles:
             handle.remove()
-    return buffer[0], per_block
+    return holder[0], per_block
+
+
+def _pass_through(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return hidden_states
 
 
 def to_device(value, device: torch.device, _copies: dict | None = None):
@@ -121,6 +138,34 @@ def forward_block(block: nn.Module, inputs: torch.Tensor, layer_kwargs: dict,
             outputs[start:start + hidden.shape[0]] = out.to(outputs.device)
 
 
+@dataclass(frozen=True)
+class Residency:
+    """Where weights and activations live during a layer-wise pass.
+
+    ``weights`` (a streamed model): each block, and the embeddings while block 0's inputs
+    are captured, is read from disk only while it runs. The two activation buffers spill to
+    files in ``spill_dir`` when together they would exceed ``buffer_budget_bytes``.
+    """
+
+    weights: WeightStore | None = None
+    buffer_budget_bytes: int | None = None
+    spill_dir: str | None = None
+
+    def resident(self, *modules: nn.Module, device: torch.device
+                 ) -> contextlib.AbstractContextManager:
+        """Real weights in ``modules`` for a ``with`` block (always, unless streamed)."""
+        if self.weights is None:
+            return contextlib.nullcontext()
+        return self.weights.materialized(*modules, device=device)
+
+    def buffers(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+                ) -> tuple[Buffer, Buffer]:
+        """The layer-wise pass's input and output buffers."""
+        budget = None if self.buffer_budget_bytes is None else self.buffer_budget_bytes // 2
+        return (activation_buffer(shape, dtype, device, budget, self.spill_dir),
+                activation_buffer(shape, dtype, device, budget, self.spill_dir))
+
+
 @torch.no_grad()
 def run_layerwise(
     adapter: ModelAdapter,
@@ -132,6 +177,7 @@ def run_layerwise(
     on_layer: OnLayer | None = None,
     sequential: bool = False,
     desc: str = "calibration",
+    residency: Residency = Residency(),
 ) -> list[LayerStats]:
     """Gather ``statistics`` for every block; return one ``{kind: {field: tensor}}`` per block.
 
@@ -141,36 +187,51 @@ def run_layerwise(
     """
     collector_classes = [STATISTICS.get(name) for name in statistics]
     storage = torch.device("cpu") if offload else device
-    model_device = next(adapter.embed_tokens.parameters()).device
-    inputs, block_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
+    embed = adapter.embed_tokens
+    with residency.resident(embed, device=device):
+        model_device = next(embed.parameters()).device
+        shape = (samples.shape[0], samples.shape[1], adapter.config.hidden_size)
+        inputs, outputs = residency.buffers(shape, next(embed.parameters()).dtype, storage)
+        inputs, block_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device,
+                                                    inputs)
     block_kwargs = to_device(block_kwargs, device)
-    inputs = inputs.to(storage)
-    outputs = torch.empty_like(inputs)
     results: list[LayerStats] = []
     for index, layer in enumerate(tqdm(adapter.layers, desc=desc, unit="block")):
         block = adapter.decoder_layers[index]
-        if offload:
-            block.to(device)
-        collectors = [cls(layer) for cls in collector_classes]
-        for collector in collectors:
-            collector.attach()
-        try:
-            forward_block(block, inputs, block_kwargs[index], batch_size, device,
-                          None if sequential else outputs)
-        finally:
-            for collector in collectors:
-                collector.detach()
-        stats = {c.name: c.result() for c in collectors}
-        _check_finite(index, stats)
-        if on_layer is not None:
-            on_layer(index, layer, stats)
-        if sequential:
-            forward_block(block, inputs, block_kwargs[index], batch_size, device, outputs)
-        if offload:
-            block.to(storage)
-        results.append(stats)
+        with residency.resident(block, device=device):
+            if offload:
+                block.to(device)
+            results.append(_block_statistics(index, layer, collector_classes, inputs,
+                                             outputs, block_kwargs[index], batch_size,
+                                             device, on_layer, sequential))
+            if offload:
+                block.to(storage)
         inputs, outputs = outputs, inputs
     return results
+
+
+def _block_statistics(index: int, layer: LayerAdapter, collector_classes: list, inputs: Buffer,
+                      outputs: Buffer, layer_kwargs: dict, batch_size: int,
+                      device: torch.device, on_layer: OnLayer | None, sequential: bool
+                      ) -> LayerStats:
+    """One block of :func:`run_layerwise`: statistics, ``on_layer``, outputs into ``outputs``."""
+    block = layer.layer
+    collectors = [cls(layer) for cls in collector_classes]
+    for collector in collectors:
+        collector.attach()
+    try:
+        forward_block(block, inputs, layer_kwargs, batch_size, device,
+                      None if sequential else outputs)
+    finally:
+        for collector in collectors:
+            collector.detach()
+    stats = {c.name: c.result() for c in collectors}
+    _check_finite(index, stats)
+    if on_layer is not None:
+        on_layer(index, layer, stats)
+    if sequential:
+        forward_block(block, inputs, layer_kwargs, batch_size, device, outputs)
+    return stats
 
 
 def _check_finite(index: int, stats: LayerStats) -> None:

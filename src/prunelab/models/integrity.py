@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -85,7 +86,12 @@ def _check_plan(path: Path, config: dict) -> None:
 
 def check_finite_weights(model: torch.nn.Module) -> None:
     """Refuse a model whose weights hold NaN or Inf, naming the block and tensor."""
-    for name, tensor in model.named_parameters():
+    check_finite(model.named_parameters())
+
+
+def check_finite(named: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Refuse weights (``(name, tensor)`` pairs) holding NaN or Inf, naming the first."""
+    for name, tensor in named:
         finite = torch.isfinite(tensor)
         if not finite.all():
             block = re.search(r"layers\.(\d+)\.", name)

@@ -30,6 +30,7 @@ from prunelab.errors import CorruptFileError, DataMissingError, PrunelabError
 from prunelab.models.adapters import ModelAdapter, adapter_for, check_supported
 from prunelab.models.fingerprint import file_digest, folder_digest
 from prunelab.models.integrity import check_finite_weights, check_model_folder
+from prunelab.models.streaming import WeightStore
 from prunelab.models.tiny import byte_tokenizer, random_config, random_model
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class LoadedModel:
     device: torch.device
     #: Content identity (weights digest and dtype): what caches of this model are keyed by.
     fingerprint: str
+    #: Set when the weights are streamed (``memory.stream``): the model's parameters are on
+    #: the meta device and this store materialises a module while it runs.
+    weights: WeightStore | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,6 +99,44 @@ def load_model(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
     model = model.to(device=device, dtype=dtype).eval()
     adapter = adapter_for(model)
     return LoadedModel(model, tokenizer, adapter, source, device, f"{fingerprint}:{cfg.dtype}")
+
+
+def load_streamed(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
+    """The model ``cfg`` describes with its weights left on disk (:class:`WeightStore`).
+
+    Nothing but the tokenizer, the config and the buffers is read; a GGUF source must have
+    been converted to safetensors already (converting holds the whole model in memory).
+    """
+    if cfg.source == "random":
+        raise PrunelabError(f"memory.stream=true streams weights from files; model "
+                            f"{cfg.name!r} is a random model with none. Use memory=resident.")
+    if cfg.source == "hub":
+        raise PrunelabError("memory.stream=true needs the model's files on disk: download "
+                            f"{cfg.path} and use model.source=local with model.path.")
+    if cfg.source in ("gguf", "package_gguf"):
+        gguf_path = _gguf_path(cfg, Path(cache_dir))
+        converted = conversion_folder(gguf_path, Path(cache_dir),
+                                      file_digest(gguf_path, cache_dir))
+        if not converted.is_dir():
+            raise PrunelabError(
+                f"memory.stream=true reads a safetensors folder, and model {cfg.name!r} is a "
+                f"GGUF file ({gguf_path}) not converted yet. Converting holds the whole model "
+                "in memory once; do it first with any resident job, e.g.\n  python run.py "
+                f"model={cfg.name} method=dense benchmark=smoke logger=none")
+    folder, source, fingerprint = _pretrained_folder(cfg, cache_dir)
+    from accelerate import init_empty_weights
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    check_supported(config)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dtype = DTYPES[cfg.dtype]
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 trust_remote_code=cfg.trust_remote_code)
+    model.eval()
+    return LoadedModel(model, tokenizer, adapter_for(model), source,
+                       resolve_device(cfg.device), f"{fingerprint}:{cfg.dtype}",
+                       WeightStore(model, Path(folder), dtype))
 
 
 def model_config(cfg: ModelConfig, cache_dir: str):
@@ -192,6 +234,11 @@ def _assembled_gguf(cfg: ModelConfig, cache_dir: Path) -> Path:
     return target
 
 
+def conversion_folder(gguf_path: Path, cache_dir: Path, digest: str) -> Path:
+    """Where the safetensors conversion of a GGUF file with content ``digest`` lives."""
+    return cache_dir / "models" / f"{gguf_path.stem}-{digest[:12]}"
+
+
 def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Path:
     """A safetensors folder holding the dequantised GGUF model, made once and reused.
 
@@ -201,7 +248,7 @@ def cached_gguf_conversion(gguf_path: Path, cache_dir: Path, digest: str) -> Pat
     written under a temporary name and renamed (never half-written); a folder found
     damaged is converted again.
     """
-    target = cache_dir / "models" / f"{gguf_path.stem}-{digest[:12]}"
+    target = conversion_folder(gguf_path, cache_dir, digest)
     if target.is_dir():
         try:
             _check_conversion(target, cache_dir)

@@ -1,0 +1,98 @@
+"""Weights streamed from a safetensors folder: modules hold memory only while they run.
+
+A streamed model is built with accelerate's ``init_empty_weights`` (parameters on the meta
+device, so building costs nothing; buffers such as rotary frequencies stay real), and its
+files are opened with safetensors' ``safe_open`` (memory-mapped, each tensor read on
+demand). :meth:`WeightStore.materialized` reads one module's tensors for the duration of a
+``with`` block and puts them back on the meta device after, so the pruning stage holds one
+block (or the embeddings) at a time.
+
+Why not accelerate's offload hooks (``disk_offload``)? They load a module on every forward
+call of a whole-model forward, which suits generation; here one block runs over every sample
+before the next is read, the stage decides when a block lives, and what is resident is
+counted (:attr:`WeightStore.peak_blocks`), which the tests hold to one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import safe_open
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.models.integrity import check_finite
+
+_BLOCK = re.compile(r"layers\.(\d+)$")
+
+
+class WeightStore:
+    """The tensors of a model folder, read into a module's parameters on request."""
+
+    def __init__(self, model: nn.Module, folder: Path, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        index = folder / "model.safetensors.index.json"
+        files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                 if index.is_file() else [p.name for p in sorted(folder.glob("*.safetensors"))])
+        if not files:
+            raise PrunelabError(f"{folder} holds no safetensors file to stream weights from.")
+        self._handles = [safe_open(str(folder / name), framework="pt", device="cpu")
+                         for name in files]
+        self._where = {key: handle for handle in self._handles for key in handle.keys()}
+        self._names = {module: name for name, module in model.named_modules()}
+        self._aliases = _tied_aliases(model)
+        self.resident_blocks: set[int] = set()
+        self.peak_blocks = 0
+        self.materializations = 0
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The stored tensor ``name`` (a tied weight read under the name it is saved as)."""
+        key = name if name in self._where else self._aliases.get(name, name)
+        if key not in self._where:
+            raise PrunelabError(f"The streamed model's files hold no tensor {name!r}: they "
+                                "do not match the model's config.")
+        return self._where[key].get_tensor(key)
+
+    @contextlib.contextmanager
+    def materialized(self, *modules: nn.Module, device: torch.device | str = "cpu"
+                     ) -> Iterator[None]:
+        """Real weights in ``modules`` (on ``device``) inside the block, meta tensors after."""
+        loaded: list[tuple[nn.Module, str]] = []
+        blocks = {self._block_index(m) for m in modules} - {None}
+        try:
+            for module in modules:
+                prefix = self._names[module]
+                prefix = f"{prefix}." if prefix else ""
+                named = [(n, self.tensor(prefix + n).to(self.dtype))
+                         for n, _ in module.named_parameters()]
+                check_finite((prefix + n, t) for n, t in named)
+                for n, value in named:
+                    set_module_tensor_to_device(module, n, device, value=value)
+                    loaded.append((module, n))
+            self.materializations += 1
+            self.resident_blocks |= blocks
+            self.peak_blocks = max(self.peak_blocks, len(self.resident_blocks))
+            yield
+        finally:
+            for module, n in loaded:
+                set_module_tensor_to_device(module, n, "meta")
+            self.resident_blocks -= blocks
+
+    def _block_index(self, module: nn.Module) -> int | None:
+        match = _BLOCK.search(self._names[module])
+        return int(match.group(1)) if match else None
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Saved names of tied parameters: a tied LM head is stored as the input embedding."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return {}
+    names = {module: name for name, module in model.named_modules()}
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return {f"{names[head]}.weight": f"{names[embed]}.weight"}

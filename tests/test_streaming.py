@@ -1,0 +1,87 @@
+"""Streamed weights and spilled activations give what the resident model gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunelab.calibration.runner import Residency, run_layerwise
+from prunelab.config.schema import ModelConfig
+from prunelab.errors import PrunelabError
+from prunelab.models.loading import load_model, load_streamed
+from prunelab.models.tiny import byte_tokenizer
+from prunelab.spill import SpilledTensor, activation_buffer
+from tests.helpers.tiny import tiny_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(params=["gqa", "gemma3"])
+def tiny_folder(request, tmp_path):
+    """A tiny model saved as a Hugging Face folder, and the config that loads it."""
+    folder = tmp_path / f"tiny-{request.param}"
+    tiny_model(request.param, layers=3).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return ModelConfig(name="tiny", source="local", path=str(folder), device="cpu")
+
+
+def test_a_materialized_module_holds_the_saved_weights_and_only_inside(tiny_folder, tmp_path):
+    resident = load_model(tiny_folder, str(tmp_path / "cache"))
+    streamed = load_streamed(tiny_folder, str(tmp_path / "cache"))
+    assert streamed.fingerprint == resident.fingerprint
+    block = streamed.adapter.decoder_layers[1]
+    with streamed.weights.materialized(block, streamed.model.get_output_embeddings()):
+        for (name, ours), (_, theirs) in zip(
+                block.named_parameters(), resident.adapter.decoder_layers[1].named_parameters()):
+            assert torch.equal(ours, theirs), name
+        assert torch.equal(streamed.model.get_output_embeddings().weight,
+                           resident.model.get_output_embeddings().weight)
+    assert all(p.device.type == "meta" for p in block.parameters())
+    assert streamed.weights.resident_blocks == set()
+
+
+def test_streamed_spilled_calibration_equals_resident(tiny_folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    resident, streamed = load_model(tiny_folder, cache), load_streamed(tiny_folder, cache)
+    samples = torch.randint(0, 257, (7, 12), generator=torch.Generator().manual_seed(0))
+    kinds = ["attn_input", "mlp_input"]
+    expected = run_layerwise(resident.adapter, samples, kinds, 3, CPU)
+    spill = tmp_path / "spill"
+    got = run_layerwise(streamed.adapter, samples, kinds, 3, CPU, residency=Residency(
+        streamed.weights, buffer_budget_bytes=64, spill_dir=str(spill)))
+    assert streamed.weights.peak_blocks == 1  # never two blocks' weights at once
+    assert streamed.weights.materializations == 1 + len(expected)  # embeddings, each block
+    for ours, theirs in zip(got, expected):
+        for kind in kinds:
+            for field, tensor in theirs[kind].items():
+                assert torch.equal(ours[kind][field], tensor), (kind, field)
+    assert not list(spill.iterdir())  # spilled buffers are deleted with the pass
+
+
+def test_a_spilled_tensor_reads_back_what_was_written(tmp_path):
+    data = torch.randn(5, 3, 4)
+    buffer = activation_buffer(tuple(data.shape), torch.float32, CPU, 100, tmp_path)
+    assert isinstance(buffer, SpilledTensor)
+    buffer[0:2], buffer[2:5] = data[0:2], data[2:5]
+    assert torch.equal(buffer[1:4], data[1:4]) and torch.equal(buffer[0:5], data)
+    with pytest.raises(ValueError, match="rows 0:2"):
+        buffer[0:2] = data[0:3]
+    path = buffer.path
+    buffer.close()
+    assert not path or not (tmp_path / path).exists()
+    assert isinstance(activation_buffer((5, 3, 4), torch.float32, CPU, 240, tmp_path),
+                      torch.Tensor)
+
+
+def test_streaming_a_random_model_is_refused(tmp_path):
+    cfg = ModelConfig(name="tiny", source="random", architecture={"model_type": "llama"})
+    with pytest.raises(PrunelabError, match="random model"):
+        load_streamed(cfg, str(tmp_path))
+
+
+def test_streaming_an_unconverted_gguf_says_to_convert_first(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    cfg = ModelConfig(name="g", source="gguf", path=str(gguf))
+    with pytest.raises(PrunelabError, match="(?s)not converted yet.*python run.py model=g"):
+        load_streamed(cfg, str(tmp_path / "cache"))
