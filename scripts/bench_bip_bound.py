@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from prunelab.calibration.runner import block_output, capture_block_inputs, run_layerwise
+from prunelab.calibration.runner import run_layerwise
 from prunelab.cli import configure_logging
 from prunelab.config.compose import compose_job
 from prunelab.config.schema import validate
 from prunelab.data.calibration import sample_calibration
 from prunelab.data.corpora import load_corpus
 from prunelab.methods.bip import BIP, BIPParams
+from prunelab.models.layerwise import block_output, capture_block_inputs
 from prunelab.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

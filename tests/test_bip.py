@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from prunelab import pipeline
-from prunelab.calibration.runner import capture_block_inputs, run_layerwise
+from prunelab.calibration.runner import run_layerwise
 from prunelab.calibration.statistics import MlpResponse
 from prunelab.config.schema import validate
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.methods.bip import BIP, BIPParams
 from prunelab.models.adapters import adapter_for
+from prunelab.models.layerwise import capture_block_inputs
 from prunelab.pruning import checked_unit_scores
 from prunelab.registry import SCHEDULES
 from prunelab.schedules import build_pools

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
-from prunelab.calibration.runner import Residency, run_layerwise
+from prunelab.calibration.runner import run_layerwise
 from prunelab.config.schema import ModelConfig
 from prunelab.errors import PrunelabError
+from prunelab.models.layerwise import Residency
 from prunelab.models.loading import load_model, load_streamed
+from prunelab.models.plan import PruningPlan
+from prunelab.models.streamed_surgery import write_pruned_streamed
+from prunelab.models.surgery import prune_model, save_pruned
 from prunelab.models.tiny import byte_tokenizer
 from prunelab.spill import SpilledTensor, activation_buffer
 from tests.helpers.tiny import tiny_model
@@ -85,3 +93,48 @@ def test_streaming_an_unconverted_gguf_says_to_convert_first(tmp_path):
     cfg = ModelConfig(name="g", source="gguf", path=str(gguf))
     with pytest.raises(PrunelabError, match="(?s)not converted yet.*python run.py model=g"):
         load_streamed(cfg, str(tmp_path / "cache"))
+
+
+def _plan_and_means(adapter):
+    """Heads and channels removed in every block, all of block 2; FLAP-like means."""
+    g = torch.Generator().manual_seed(1)
+    removed, means = [], []
+    for index, layer in enumerate(adapter.layers):
+        geometry = layer.geometry
+        heads = set(range(geometry.num_heads)) if index == 2 else {0}
+        channels = set(range(geometry.intermediate_size)) if index == 2 else {1, 3, 5}
+        removed.append({"attention": heads, "mlp": channels})
+        means.append((torch.randn(geometry.num_heads * layer.head_dim, generator=g),
+                      torch.randn(geometry.intermediate_size, generator=g)))
+    return PruningPlan.from_removed(adapter, removed), means
+
+
+def test_streamed_surgery_writes_what_resident_surgery_saves(tiny_folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    resident, streamed = load_model(tiny_folder, cache), load_streamed(tiny_folder, cache)
+    plan, means = _plan_and_means(resident.adapter)
+    pruned = prune_model(resident.model, resident.adapter, plan, means)
+    save_pruned(pruned, resident.tokenizer, tmp_path / "resident", plan)
+    write_pruned_streamed(streamed.weights, streamed.adapter, streamed.tokenizer, plan, means,
+                          tmp_path / "streamed")
+    assert streamed.weights.peak_blocks == 1
+    ours, theirs = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "resident")
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    assert len(list((tmp_path / "streamed").glob("model-*.safetensors"))) == 4
+    config = [json.loads((tmp_path / f / "config.json").read_text())
+              for f in ("streamed", "resident")]
+    assert config[0] == config[1]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed").eval()
+    ids = torch.randint(0, 257, (2, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, pruned(ids).logits)
+
+
+def _tensors(folder):
+    out = {}
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            out.update({key: f.get_tensor(key) for key in f.keys()})
+    return out

@@ -38,7 +38,13 @@ from prunelab.eval.zeroshot import evaluate_zero_shot
 from prunelab.meter import PhaseMeter, current_rss_bytes, process_peak_rss_bytes
 from prunelab.models import memory
 from prunelab.models.adapters import adapter_for
-from prunelab.models.loading import LoadedModel, load_model, model_config, resolve_device
+from prunelab.models.loading import (
+    LoadedModel,
+    load_model,
+    load_streamed,
+    model_config,
+    resolve_device,
+)
 from prunelab.models.plan import SOURCE_FIELD
 from prunelab.models.surgery import save_pruned
 from prunelab.record import (
@@ -175,7 +181,8 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     meter = PhaseMeter(device)
     t0 = time.perf_counter()
     with meter.phase("load"):
-        loaded = load_model(run_cfg.model, run_cfg.paths.cache_dir)
+        loaded = (load_streamed if run_cfg.memory.stream else load_model)(
+            run_cfg.model, run_cfg.paths.cache_dir)
     load_time = time.perf_counter() - t0
     _check_context(run_cfg, loaded)
     _check_dense_available(run_cfg, loaded)
@@ -196,8 +203,8 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         recovery, parts_before = _recover(run_cfg, loaded, job["fingerprint"], out_dir, logger)
         if _parameter_counts(loaded) != after or _layer_sizes(loaded) != layers_after:
             raise RuntimeError("recovery changed the pruned geometry; it must only train")
-    if run_cfg.save_model:
-        with meter.phase("save"):
+    if run_cfg.save_model and not (run_cfg.memory.stream and outcome.plan is not None):
+        with meter.phase("save"):  # a streamed job's surgery has written it already
             _save_model(loaded, outcome, out_dir / "model")
     metrics, parts = _evaluate(run_cfg, loaded, prunes=method.prunes(), meter=meter)
     parts |= {f"{part}_before_recovery": seconds for part, seconds in parts_before.items()}

@@ -12,12 +12,16 @@ allocation, the surgery and the report that goes into results.json.
 - ``gradients`` adds the loss gradient of every projection weight to the statistics.
 - ``removes = "blocks"`` methods lose whole decoder blocks, lowest score first, to the
   schedule's ratio (nearest without exceeding) or to the count they ask for.
+- A streamed model (``memory.stream``) is calibrated layer-wise, scored and cut one block in
+  memory at a time; its pruned model is written block by block to ``<job>/model`` and read
+  back from there (whole, or streamed for layer-wise evaluation).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,15 +30,17 @@ from tqdm.auto import tqdm
 from prunelab.calibration.ablation import ModuleEffects, measure_module_effects
 from prunelab.calibration.cache import StatisticsCache
 from prunelab.calibration.runner import LayerStats, run_layerwise, run_streaming
-from prunelab.config.schema import RunConfig
+from prunelab.config.schema import ModelConfig, RunConfig
 from prunelab.data.calibration import sample_calibration, with_bos
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import NonFiniteError, PrunelabError
 from prunelab.meter import PhaseMeter
 from prunelab.methods import PruningMethod, UnitScores
 from prunelab.models.adapters import LayerAdapter, adapter_for
-from prunelab.models.loading import LoadedModel
-from prunelab.models.plan import LayerPlan, PruningPlan
+from prunelab.models.layerwise import Residency
+from prunelab.models.loading import LoadedModel, load_model, load_streamed
+from prunelab.models.plan import SOURCE_FIELD, LayerPlan, PruningPlan
+from prunelab.models.streamed_surgery import write_pruned_streamed
 from prunelab.models.surgery import mask_block, prune_model
 from prunelab.registry import SCHEDULES
 from prunelab.schedules import Pool, Schedule, build_pools
@@ -87,17 +93,24 @@ class _Stage:
         self.schedule: Schedule | None = None
         self.meter = PhaseMeter(loaded.device)
         self.info: dict[str, Any] = {"used": bool(method.statistics)}
+        budget = job.memory.buffer_budget_gb
+        self.residency = Residency(loaded.weights,
+                                   None if budget is None else int(budget * 1e9),
+                                   job.memory.spill_dir or job.paths.output_dir)
 
     def run(self) -> PruningOutcome:
         method, loaded, meter = self.method, self.loaded, self.meter
         layers = loaded.adapter.layers
         params = self.job.schedule.params
         _check_protection(params, len(layers))
+        streamed = loaded.weights is not None
+        if streamed:
+            _check_streamable(method, params)
         cache_dir, speed = self.job.paths.cache_dir, self.job.benchmark.speed
         with meter.phase("profiling"):  # latency profiles: measured on first use, then cached
             cost_model = cost_model_for(params, loaded, speed, cache_dir)
             currencies, unavailable = reported_currencies(params, loaded, speed, cache_dir,
-                                                          cost_model)
+                                                          cost_model, profile=not streamed)
         for name, reason in unavailable.items():
             log.warning("No achieved %s fraction for this run: %s", name, reason)
         by_shape = shape_currencies(currencies)
@@ -132,10 +145,13 @@ class _Stage:
             plan = PruningPlan.from_removed(loaded.adapter, removed)
         with meter.phase("surgery"):
             means = _compensation_means(stats) if method.bias_compensation else None
-            pruned = prune_model(loaded.model, loaded.adapter, plan, means,
-                                 release_source=True)
-            loaded.model = pruned
-            loaded.adapter = adapter_for(pruned)
+            if streamed:
+                self._cut_streamed(plan, means)
+            else:
+                pruned = prune_model(loaded.model, loaded.adapter, plan, means,
+                                     release_source=True)
+                loaded.model = pruned
+                loaded.adapter = adapter_for(pruned)
         total = totals_before[cost_model.name]
         return PruningOutcome(
             ratio_asked=budget / total,
@@ -162,6 +178,20 @@ class _Stage:
                 "blocks": _block_report(layers_before, plan, modules, self.schedule.report()),
             },
         )
+
+    def _cut_streamed(self, plan: PruningPlan, means) -> None:
+        """Write the pruned model block by block, then read it back as the job's model."""
+        loaded, job = self.loaded, self.job
+        folder = pruned_folder(job)
+        write_pruned_streamed(loaded.weights, loaded.adapter, loaded.tokenizer, plan, means,
+                              folder, record={SOURCE_FIELD: loaded.source})
+        log.info("Pruned model written block by block to %s", folder)
+        local = ModelConfig(name=f"{job.model.name}-pruned", source="local", path=str(folder),
+                            device=job.model.device, dtype=job.model.dtype)
+        layerwise = job.memory.evaluation == "layerwise"
+        pruned = (load_streamed if layerwise else load_model)(local, job.paths.cache_dir)
+        loaded.model, loaded.adapter, loaded.weights = (pruned.model, pruned.adapter,
+                                                        pruned.weights)
 
     # -- calibration -------------------------------------------------------------------
 
@@ -196,14 +226,15 @@ class _Stage:
             self.info["cache_hit"] = stats is not None
             if stats is None:
                 samples = self._samples()
-                streaming = calib.engine == "streaming" or (calib.engine == "auto"
-                                                             and not calib.offload)
+                streaming = self.loaded.weights is None and (
+                    calib.engine == "streaming"
+                    or (calib.engine == "auto" and not calib.offload))
                 self.info["engine"] = "streaming" if streaming else "layerwise"
                 if streaming:
                     stats = run_streaming(adapter, samples, kinds, calib.batch_size, device)
                 else:
                     stats = run_layerwise(adapter, samples, kinds, calib.batch_size, device,
-                                          offload=calib.offload)
+                                          offload=calib.offload, residency=self.residency)
                 cache.save(stats)
         return stats
 
@@ -243,7 +274,7 @@ class _Stage:
         self.info.update({"calibration": asdict(calib), "cache_hit": False, "sequential": True})
         stats = run_layerwise(adapter, self._samples(), list(self.method.statistics),
                               calib.batch_size, self.loaded.device, offload=calib.offload,
-                              on_layer=on_layer, sequential=True)
+                              on_layer=on_layer, sequential=True, residency=self.residency)
         return stats, removed, totals["target"], totals["removed"]
 
     def _gradients(self) -> list[dict[str, torch.Tensor]]:
@@ -322,8 +353,10 @@ class _Stage:
                         cost_model: CostModel, modules: list[tuple[float, float]] | None
                         ) -> tuple[Removed, float, float]:
         comparable = self.schedule.comparable_scores
-        scores = [checked_unit_scores(self.method, i, layer, stats[i], comparable)
-                  for i, layer in enumerate(layers)]
+        scores = []
+        for i, layer in enumerate(layers):
+            with self.residency.resident(layer.layer, device=self.loaded.device):
+                scores.append(checked_unit_scores(self.method, i, layer, stats[i], comparable))
         pools = build_pools(layers, [s.heads for s in scores], [s.channels for s in scores],
                             cost_model, modules, self.schedule.params.head_groups)
         allocation = self.schedule.allocate(pools, len(layers))
@@ -349,6 +382,29 @@ class _Stage:
             removed[index] = {ATTENTION: set(range(g.num_heads)),
                               MLP: set(range(g.intermediate_size))}
         return removed, budget, sum(costs[i] for i in chosen)
+
+
+def pruned_folder(job: RunConfig) -> Path:
+    """Where a job saves its pruned model (a streamed job always does: it is read back)."""
+    return Path(job.paths.output_dir) / "model"
+
+
+def _check_streamable(method: PruningMethod, params: Any) -> None:
+    """Refuse, before any work, what a streamed model cannot do block by block."""
+    name = type(method).__name__
+    needs = sorted(method.needs & {"gradients", "module_effects"})
+    if needs:
+        what = {"gradients": "loss gradients (a backward pass through the whole model)",
+                "module_effects": "module-removal effects (every later block runs for each "
+                                  "removal)"}
+        raise PrunelabError(f"{name} needs {' and '.join(what[n] for n in needs)}, which "
+                            "memory.stream=true cannot provide one block at a time. Use "
+                            "memory=resident, or a layer-wise method (flap, wanda_sp, mag_sp, "
+                            "random, shortgpt).")
+    if str(params.target).startswith("latency"):
+        raise PrunelabError(f"schedule.target={params.target} profiles the whole model's "
+                            "latency in memory; with memory.stream=true use target=params or "
+                            "macs.")
 
 
 def _check_protection(params: Any, num_layers: int) -> None:

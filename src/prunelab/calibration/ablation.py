@@ -31,15 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunelab.calibration.runner import (
+from prunelab.calibration.statistics import ChannelMoments
+from prunelab.errors import PrunelabError, unknown_name_message
+from prunelab.models.adapters import ModelAdapter
+from prunelab.models.layerwise import (
     block_output,
     capture_block_inputs,
     forward_block,
     to_device,
 )
-from prunelab.calibration.statistics import ChannelMoments
-from prunelab.errors import PrunelabError, unknown_name_message
-from prunelab.models.adapters import ModelAdapter
 from prunelab.models.lm_head import tokens_per_chunk
 
 ESTIMATORS = ("entropy", "kl", "cosine")

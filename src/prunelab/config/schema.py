@@ -298,6 +298,30 @@ def overlapping(a: TextSpec, b: TextSpec) -> bool:
 
 
 @dataclass
+class MemoryConfig:
+    """Where weights and activations live (conf/memory: resident, streamed)."""
+
+    name: str = "resident"
+    #: read each block's weights from the safetensors files only while it runs
+    stream: bool = False
+    #: host bytes the layer-wise activation buffers may hold before spilling to disk
+    #: (null: never spill)
+    buffer_budget_gb: float | None = None
+    spill_dir: str | None = None  # folder of spilled buffers (null: the job folder)
+    #: how the pruned model is evaluated: loaded whole, or streamed block by block
+    evaluation: Literal["resident", "layerwise"] = "resident"
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.evaluation == "layerwise" and not self.stream:
+            problems.append("memory.evaluation=layerwise evaluates a streamed model; set "
+                            "memory.stream=true (memory=streamed)")
+        if self.buffer_budget_gb is not None and self.buffer_budget_gb <= 0:
+            problems.append("memory.buffer_budget_gb must be > 0 (or null: never spill)")
+        return problems
+
+
+@dataclass
 class LoggerConfig:
     """Experiment tracking (``wandb`` or ``none``)."""
 
@@ -344,13 +368,15 @@ class RunConfig:
     overwrite: bool = False  # re-run a job whose results.json is complete
     save_model: bool = False  # save the (pruned) model as a Hugging Face folder in the job
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     #: ``ppl/<name>`` of one of the benchmark's perplexities, returned to a Hydra sweeper that
     #: minimises it (hydra/sweeper=optuna); never a test split
     objective: str | None = None
 
     def check(self) -> list[str]:
         """A valid objective; recovery text that an evaluated split holds only if allowed."""
-        return self._objective_problems() + self._recovery_problems()
+        return (self._objective_problems() + self._recovery_problems()
+                + self._streaming_problems())
 
     def _objective_problems(self) -> list[str]:
         if self.objective is None:
@@ -368,6 +394,30 @@ class RunConfig:
                     "validation split (benchmark=tune_validation: C4 train documents no "
                     "evaluation uses) and evaluate the best trial on the test sets once."]
         return []
+
+    def _streaming_problems(self) -> list[str]:
+        if not self.memory.stream:
+            return []
+        problems = []
+        if self.calibration.engine == "streaming":
+            problems.append("memory.stream=true calibrates block by block: use "
+                            "calibration.engine=auto or layerwise, not streaming")
+        if self.benchmark.speed.enabled and self.benchmark.speed.reference == "dense":
+            problems.append("benchmark.speed.reference=dense loads the whole dense model "
+                            "beside the pruned one, which memory.stream=true avoids: use "
+                            "benchmark.speed.reference=none")
+        if self.memory.evaluation == "layerwise":
+            bench = self.benchmark
+            parts = [name for name, used in (
+                ("zero-shot (benchmark.zero_shot.tasks)", bool(bench.zero_shot.tasks)),
+                ("speed (benchmark.speed)", bench.speed.enabled),
+                ("recovery", self.recovery.enabled)) if used]
+            if parts:
+                problems.append(f"memory.evaluation=layerwise computes perplexity only; "
+                                f"{', '.join(parts)} need(s) the pruned model resident: use "
+                                "memory.evaluation=resident, or drop them (e.g. "
+                                "'~benchmark.speed', benchmark.zero_shot.tasks=[])")
+        return problems
 
     def _recovery_problems(self) -> list[str]:
         if not self.recovery.enabled or self.recovery.allow_eval_overlap:

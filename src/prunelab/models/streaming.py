@@ -42,22 +42,35 @@ class WeightStore:
                  if index.is_file() else [p.name for p in sorted(folder.glob("*.safetensors"))])
         if not files:
             raise PrunelabError(f"{folder} holds no safetensors file to stream weights from.")
-        self._handles = [safe_open(str(folder / name), framework="pt", device="cpu")
-                         for name in files]
-        self._where = {key: handle for handle in self._handles for key in handle.keys()}
+        self._where: dict[str, Path] = {}
+        for name in files:
+            with safe_open(str(folder / name), framework="pt", device="cpu") as handle:
+                self._where.update({key: folder / name for key in handle.keys()})
         self._names = {module: name for name, module in model.named_modules()}
         self._aliases = _tied_aliases(model)
         self.resident_blocks: set[int] = set()
         self.peak_blocks = 0
         self.materializations = 0
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """The stored tensor ``name`` (a tied weight read under the name it is saved as)."""
-        key = name if name in self._where else self._aliases.get(name, name)
-        if key not in self._where:
-            raise PrunelabError(f"The streamed model's files hold no tensor {name!r}: they "
-                                "do not match the model's config.")
-        return self._where[key].get_tensor(key)
+    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The stored tensors ``names`` (a tied weight is read under the name it is saved as).
+
+        Each file is opened for the read and closed after: ``safe_open`` maps the file, and
+        pages of a mapping still open count in the process's resident memory, so a handle
+        kept open would grow to the whole file as blocks are read.
+        """
+        keys = {name: name if name in self._where else self._aliases.get(name, name)
+                for name in names}
+        unknown = [name for name, key in keys.items() if key not in self._where]
+        if unknown:
+            raise PrunelabError(f"The streamed model's files hold no tensor {unknown[0]!r}: "
+                                "they do not match the model's config.")
+        out = {}
+        for path in {self._where[key] for key in keys.values()}:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                out.update({name: handle.get_tensor(key) for name, key in keys.items()
+                            if self._where[key] == path})
+        return out
 
     @contextlib.contextmanager
     def materialized(self, *modules: nn.Module, device: torch.device | str = "cpu"
@@ -69,11 +82,12 @@ class WeightStore:
             for module in modules:
                 prefix = self._names[module]
                 prefix = f"{prefix}." if prefix else ""
-                named = [(n, self.tensor(prefix + n).to(self.dtype))
-                         for n, _ in module.named_parameters()]
-                check_finite((prefix + n, t) for n, t in named)
-                for n, value in named:
-                    set_module_tensor_to_device(module, n, device, value=value)
+                params = [n for n, _ in module.named_parameters()]
+                stored = self.tensors([prefix + n for n in params])
+                check_finite(stored.items())
+                for n in params:
+                    set_module_tensor_to_device(module, n, device,
+                                                value=stored.pop(prefix + n).to(self.dtype))
                     loaded.append((module, n))
             self.materializations += 1
             self.resident_blocks |= blocks
@@ -82,6 +96,8 @@ class WeightStore:
         finally:
             for module, n in loaded:
                 set_module_tensor_to_device(module, n, "meta")
+            if self._aliases:  # releasing made new meta parameters: tie them again
+                self.model.tie_weights()
             self.resident_blocks -= blocks
 
     def _block_index(self, module: nn.Module) -> int | None:

@@ -153,7 +153,7 @@ def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
     pruned.to(dtype=ref.dtype)
     target = adapter_for(pruned)
     for i, (dst, layer, keep) in enumerate(zip(target.layers, adapter.layers, plan.layers)):
-        _fill_layer(dst, layer, keep, means[i] if means else (None, None))
+        fill_pruned_block(dst, layer, keep, means[i] if means else (None, None))
         if release_source:
             adapter.decoder_layers[i].to("meta")
     shared = [(target.embed_tokens, adapter.embed_tokens), (target.final_norm, adapter.final_norm)]
@@ -168,7 +168,8 @@ def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
     return pruned.to(ref.device).eval()
 
 
-def _fill_layer(dst: PrunedLayerAdapter, src: LayerAdapter, keep: LayerPlan, means) -> None:
+def fill_pruned_block(dst: PrunedLayerAdapter, src: LayerAdapter, keep: LayerPlan, means) -> None:
+    """Copy the kept slices of ``src`` into the pruned block ``dst``, with compensation."""
     attn_mean, mlp_mean = means
     channels = torch.tensor(keep.channels, dtype=torch.long)
     a_cols = channel_index(keep.heads, src.head_dim)
@@ -232,9 +233,15 @@ def save_pruned(model: nn.Module, tokenizer, folder: Path, plan: PruningPlan,
     model.config.auto_map = FAMILIES[model_type].auto_map
     with atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
-        write_remote_code(staging, model_type)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        (staging / PLAN_FILE).write_text(json.dumps({**plan.to_dict(), **(record or {})},
-                                                    indent=1))
+        write_beside_weights(staging, model_type, tokenizer, plan, record)
     return folder
+
+
+def write_beside_weights(staging: Path, model_type: str, tokenizer, plan: PruningPlan,
+                         record: dict | None) -> None:
+    """What a pruned model folder holds besides config and weights: code, tokenizer, plan."""
+    write_remote_code(staging, model_type)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    (staging / PLAN_FILE).write_text(json.dumps({**plan.to_dict(), **(record or {})},
+                                                indent=1))

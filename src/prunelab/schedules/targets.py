@@ -105,21 +105,25 @@ def cost_model_for(params: Any, loaded: RunningModel, speed: Any, cache_dir: str
 
 
 def reported_currencies(params: Any, loaded: RunningModel, speed: Any, cache_dir: str,
-                        budget_model: CostModel
+                        budget_model: CostModel, profile: bool = True
                         ) -> tuple[dict[str, CostModel], dict[str, str]]:
     """Cost models of every currency, for the achieved fractions of every run.
 
     The budget's own model is reused. The latency currencies are profiled (once per device,
     model geometry and shape, then cached: minutes for a real model) where the job measures
     speed too, so a measured speed-up stands beside each predicted fraction; a job without a
-    speed part records why they are missing, as it does for a profile that cannot be made.
+    speed part (or with ``profile`` false: a streamed model) records why they are missing, as
+    it does for a profile that cannot be made.
     """
     models: dict[str, CostModel] = {"params": ParameterCost(),
                                     "macs": MacCost((params.target_seqlen + 1) / 2),
                                     budget_model.name: budget_model}
     missing: dict[str, str] = {}
     for currency in LATENCY_CURRENCIES:
-        if currency not in models and not speed.enabled:
+        if currency not in models and not profile:
+            missing[currency] = ("not profiled: the model is streamed (a profile times the "
+                                 "whole model in memory)")
+        elif currency not in models and not speed.enabled:
             missing[currency] = ("not profiled: the benchmark times no speed (its "
                                  "speed.grid and speed.decode_tokens are empty)")
         elif currency not in models:
