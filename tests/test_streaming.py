@@ -9,9 +9,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
+from prunelab import pipeline
 from prunelab.calibration.runner import run_layerwise
-from prunelab.config.schema import ModelConfig
-from prunelab.errors import PrunelabError
+from prunelab.config.schema import ModelConfig, validate
+from prunelab.errors import ConfigError, PrunelabError
+from prunelab.eval.perplexity import layerwise_perplexity, perplexity
 from prunelab.models.layerwise import Residency
 from prunelab.models.loading import load_model, load_streamed
 from prunelab.models.plan import PruningPlan
@@ -138,3 +140,56 @@ def _tensors(folder):
         with safe_open(str(path), framework="pt") as f:
             out.update({key: f.get_tensor(key) for key in f.keys()})
     return out
+
+
+def test_layerwise_perplexity_of_a_streamed_pruned_model_equals_resident(tiny_folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    streamed = load_streamed(tiny_folder, cache)
+    plan, means = _plan_and_means(streamed.adapter)
+    folder = write_pruned_streamed(streamed.weights, streamed.adapter, streamed.tokenizer, plan,
+                                   means, tmp_path / "pruned")
+    pruned_cfg = ModelConfig(name="pruned", source="local", path=str(folder), device="cpu")
+    resident, layerwise = load_model(pruned_cfg, cache), load_streamed(pruned_cfg, cache)
+    windows = torch.randint(0, 257, (9, 16), generator=torch.Generator().manual_seed(3))
+    expected = perplexity(resident.model, windows, 4, CPU)
+    residency = Residency(layerwise.weights, buffer_budget_bytes=256, spill_dir=str(tmp_path))
+    got = layerwise_perplexity(layerwise.adapter, residency, windows, 4, CPU)
+    assert got["ppl"] == pytest.approx(expected["ppl"], rel=1e-6)
+    assert got["predicted_tokens"] == expected["predicted_tokens"] == 9 * 15
+    assert layerwise.weights.peak_blocks == 1
+
+
+def test_a_streamed_job_gives_the_resident_jobs_plan_and_perplexity(make_cfg, tmp_path):
+    folder = tmp_path / "tiny"
+    tiny_model("gqa", layers=3).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    common = ["model=local", f"model.path={folder}", "model.device=cpu", "method=flap",
+              "benchmark=smoke", "calibration.nsamples=8", "logger=none"]
+    resident = pipeline.run(make_cfg(*common, output_dir=tmp_path / "resident"))
+    streamed = pipeline.run(make_cfg(
+        *common, "memory=streamed", "memory.evaluation=layerwise",
+        "memory.buffer_budget_gb=0.000001", f"paths.cache_dir={tmp_path / 'cache2'}",
+        output_dir=tmp_path / "streamed"))
+    assert streamed.pruning.plan == resident.pruning.plan
+    assert streamed.parameters == resident.parameters
+    for name, result in resident.metrics.perplexity.items():
+        assert streamed.metrics.perplexity[name].ppl == pytest.approx(result.ppl, rel=1e-6)
+    assert (tmp_path / "streamed" / "model" / "model.safetensors.index.json").is_file()
+    assert not list((tmp_path / "streamed").glob("activations-*"))
+
+
+def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="zero-shot"):
+        validate(make_cfg("memory=streamed", "memory.evaluation=layerwise",
+                          "benchmark=zeroshot_smoke"))
+    with pytest.raises(ConfigError, match="engine=auto or layerwise"):
+        validate(make_cfg("memory=streamed", "calibration.engine=streaming"))
+    with pytest.raises(ConfigError, match="needs memory.stream=true|set memory.stream=true"):
+        validate(make_cfg("memory.evaluation=layerwise"))
+    folder = tmp_path / "tiny"
+    tiny_model("gqa").save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    with pytest.raises(PrunelabError, match="module-removal effects"):
+        pipeline.run(make_cfg("model=local", f"model.path={folder}", "model.device=cpu",
+                              "method=interaction", "memory=streamed", "benchmark=smoke",
+                              "logger=none"))

@@ -31,13 +31,19 @@ from prunelab.config.typed import to_dataclass
 from prunelab.data.calibration import with_bos
 from prunelab.data.corpora import load_corpus
 from prunelab.errors import DiskFullError, PrunelabError
-from prunelab.eval.perplexity import evaluation_windows, perplexity, protocol_fields
+from prunelab.eval.perplexity import (
+    evaluation_windows,
+    layerwise_perplexity,
+    perplexity,
+    protocol_fields,
+)
 from prunelab.eval.speed import measure_speed
 from prunelab.eval.zeroshot import check_available as check_zero_shot_available
 from prunelab.eval.zeroshot import evaluate_zero_shot
 from prunelab.meter import PhaseMeter, current_rss_bytes, process_peak_rss_bytes
 from prunelab.models import memory
 from prunelab.models.adapters import adapter_for
+from prunelab.models.layerwise import job_residency
 from prunelab.models.loading import (
     LoadedModel,
     load_model,
@@ -460,8 +466,15 @@ def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel, meter: PhaseMe
                                          spec.max_windows)
             if run_cfg.model.bos:
                 windows = with_bos(windows, loaded.tokenizer)
-            value = perplexity(loaded.model, windows, bench.batch_size, loaded.device,
-                               desc=name)
+            if loaded.weights is None:
+                value = perplexity(loaded.model, windows, bench.batch_size, loaded.device,
+                                   desc=name)
+            else:  # a streamed model (memory.evaluation=layerwise)
+                value = layerwise_perplexity(
+                    loaded.adapter, job_residency(
+                        loaded.weights, run_cfg.memory.buffer_budget_gb,
+                        run_cfg.memory.spill_dir or run_cfg.paths.output_dir),
+                    windows, bench.batch_size, loaded.device, desc=name)
         results[name] = PerplexityResult(**value, **protocol_fields(spec, corpus,
                                                                    run_cfg.model.bos))
         log.info("%s perplexity %.4f over %d windows", name, value["ppl"], value["windows"])

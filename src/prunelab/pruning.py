@@ -37,7 +37,7 @@ from prunelab.errors import NonFiniteError, PrunelabError
 from prunelab.meter import PhaseMeter
 from prunelab.methods import PruningMethod, UnitScores
 from prunelab.models.adapters import LayerAdapter, adapter_for
-from prunelab.models.layerwise import Residency
+from prunelab.models.layerwise import job_residency
 from prunelab.models.loading import LoadedModel, load_model, load_streamed
 from prunelab.models.plan import SOURCE_FIELD, LayerPlan, PruningPlan
 from prunelab.models.streamed_surgery import write_pruned_streamed
@@ -93,10 +93,8 @@ class _Stage:
         self.schedule: Schedule | None = None
         self.meter = PhaseMeter(loaded.device)
         self.info: dict[str, Any] = {"used": bool(method.statistics)}
-        budget = job.memory.buffer_budget_gb
-        self.residency = Residency(loaded.weights,
-                                   None if budget is None else int(budget * 1e9),
-                                   job.memory.spill_dir or job.paths.output_dir)
+        self.residency = job_residency(loaded.weights, job.memory.buffer_budget_gb,
+                                       job.memory.spill_dir or job.paths.output_dir)
 
     def run(self) -> PruningOutcome:
         method, loaded, meter = self.method, self.loaded, self.meter

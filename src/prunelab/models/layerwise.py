@@ -157,3 +157,9 @@ class Residency:
 
 #: Weights resident, buffers never spilled: the default of every layer-wise pass.
 RESIDENT = Residency()
+
+
+def job_residency(weights: WeightStore | None, budget_gb: float | None, spill_dir: str
+                  ) -> Residency:
+    """A job's residency from its ``memory`` settings (budget in GB; None: never spill)."""
+    return Residency(weights, None if budget_gb is None else int(budget_gb * 1e9), spill_dir)
