@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from prunelab import pipeline
 from prunelab.config.schema import validate
+from prunelab.errors import PrunelabError
 from prunelab.models import memory
 from prunelab.models.adapters import adapter_for
 from prunelab.models.lm_head import next_token_nll, tokens_per_chunk
@@ -87,7 +88,8 @@ def test_chunked_nll_equals_whole_batch_cross_entropy():
     hidden, targets = torch.randn(37, 8), torch.randint(0, 50, (37,))
     budget = 2 * 50 * 4 * 5  # five tokens per chunk
     assert tokens_per_chunk(50, 4, budget) == 5
-    whole = F.cross_entropy(head(hidden), targets, reduction="sum").double()
+    with torch.no_grad():
+        whole = F.cross_entropy(head(hidden), targets, reduction="sum").double()
     chunked = next_token_nll(hidden, targets, head, budget)
     assert chunked == pytest.approx(float(whole), rel=1e-6)
 
@@ -101,3 +103,35 @@ def test_a_job_records_predicted_and_measured_peaks(make_cfg):
     assert set(mem["predicted_host_bytes"]) <= set(mem["measured_bytes"])
     assert all(v >= mem["baseline_bytes"] > 0 for v in mem["predicted_host_bytes"].values())
     assert mem["process_peak_bytes"] >= max(mem["measured_bytes"].values())
+
+
+def test_a_streamed_estimate_holds_one_block_or_the_fixed_parts(make_cfg):
+    h, hd, heads, kv, inter, vocab, layers = 64, 16, 4, 2, 96, 1000, 3
+    geometry = memory.Geometry(h, hd, vocab, True, (memory.BlockShape(heads, kv, inter),) * layers,
+                               h, h)
+    job = validate(make_cfg("memory=streamed", "memory.evaluation=layerwise", "~benchmark.speed",
+                            "calibration.nsamples=1000", "calibration.seqlen=32",
+                            "calibration.batch_size=2", "memory.buffer_budget_gb=0.001"))
+    phases = memory.estimate(geometry, job, frozenset(), prunes=True, on_cuda=False)
+    block = 4 * ((2 * heads + 2 * kv) * hd * h + 3 * h * inter + 2 * h)
+    fixed = 4 * (vocab * h + h)
+    assert phases["load"].host_bytes == 0
+    assert phases["calibration"].parts["weights"] == max(block, fixed)
+    whole = 2 * 1000 * 32 * h * 4
+    assert whole > 1e6  # over budget: only the slices in use are resident
+    assert phases["calibration"].parts["buffers"] == 2 * 2 * 32 * h * 4
+    assert phases["surgery"].parts == {"weights": max(2 * block, fixed)}
+    assert phases["perplexity/wikitext2"].parts["weights"] == max(block, fixed)
+
+
+def test_a_budget_the_job_cannot_meet_is_refused_before_loading(make_cfg, monkeypatch, tmp_path):
+    def no_loading(*_args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pipeline, "load_streamed", no_loading)
+    monkeypatch.setattr(pipeline, "load_model", no_loading)
+    cfg = make_cfg("model=tiny_llama", "memory.host_budget_gb=0.001", "benchmark=smoke",
+                   "logger=none")
+    with pytest.raises(PrunelabError, match=r"(?s)host_budget_gb=0.001 .*below what phase "
+                                            r"'\w+' is expected to need.*memory=streamed"):
+        pipeline.run(cfg)

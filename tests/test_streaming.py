@@ -14,6 +14,7 @@ from prunelab.calibration.runner import run_layerwise
 from prunelab.config.schema import ModelConfig, validate
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.eval.perplexity import layerwise_perplexity, perplexity
+from prunelab.models import streaming
 from prunelab.models.layerwise import Residency
 from prunelab.models.loading import load_model, load_streamed
 from prunelab.models.plan import PruningPlan
@@ -193,3 +194,16 @@ def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
         pipeline.run(make_cfg("model=local", f"model.path={folder}", "model.device=cpu",
                               "method=interaction", "memory=streamed", "benchmark=smoke",
                               "logger=none"))
+
+
+def test_large_tensors_are_read_in_chunks_of_rows(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(streaming, "READ_CHUNK_BYTES", 100)  # a few rows per read
+    cache = str(tmp_path / "cache")
+    resident, streamed = load_model(tiny_folder, cache), load_streamed(tiny_folder, cache)
+    embed = streamed.model.get_input_embeddings()
+    with streamed.weights.materialized(embed, streamed.adapter.decoder_layers[0]):
+        assert torch.equal(embed.weight, resident.model.get_input_embeddings().weight)
+        for (name, ours), (_, theirs) in zip(
+                streamed.adapter.decoder_layers[0].named_parameters(),
+                resident.adapter.decoder_layers[0].named_parameters()):
+            assert torch.equal(ours, theirs), name

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prunelab import pruning
+from prunelab.allocator import pin_mmap_threshold
 from prunelab.atomic import atomic_folder, write_json_atomic
 from prunelab.config.schema import RunConfig, job_container, validate
 from prunelab.config.typed import to_dataclass
@@ -177,6 +178,8 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     started = _now()
     check_zero_shot_available(run_cfg.benchmark.zero_shot, run_cfg.paths.cache_dir)
     method = METHODS.get(run_cfg.method.name)(run_cfg.method.params)
+    if run_cfg.memory.stream:  # blocks are freed one after another: return them to the OS
+        pin_mmap_threshold()
     baseline = current_rss_bytes()
     device = resolve_device(run_cfg.model.device)
     expected = memory.estimate(
@@ -184,6 +187,8 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
         run_cfg, frozenset(method.needs), method.prunes(), device.type == "cuda")
     log.info("Memory model, expected peak per phase:\n%s",
              memory.format_table(expected, baseline))
+    memory.check_budget(expected, run_cfg.memory.host_budget_gb, baseline,
+                        run_cfg.memory.stream)
     meter = PhaseMeter(device)
     t0 = time.perf_counter()
     with meter.phase("load"):

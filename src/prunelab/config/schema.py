@@ -308,6 +308,9 @@ class MemoryConfig:
     #: (null: never spill)
     buffer_budget_gb: float | None = None
     spill_dir: str | None = None  # folder of spilled buffers (null: the job folder)
+    #: refuse, before loading, a job the memory model expects to need more host memory
+    #: (process total, GB; null: no limit)
+    host_budget_gb: float | None = None
     #: how the pruned model is evaluated: loaded whole, or streamed block by block
     evaluation: Literal["resident", "layerwise"] = "resident"
 
@@ -316,8 +319,9 @@ class MemoryConfig:
         if self.evaluation == "layerwise" and not self.stream:
             problems.append("memory.evaluation=layerwise evaluates a streamed model; set "
                             "memory.stream=true (memory=streamed)")
-        if self.buffer_budget_gb is not None and self.buffer_budget_gb <= 0:
-            problems.append("memory.buffer_budget_gb must be > 0 (or null: never spill)")
+        for key in ("buffer_budget_gb", "host_budget_gb"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                problems.append(f"memory.{key} must be > 0 (or null)")
         return problems
 
 

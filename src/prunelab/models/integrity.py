@@ -84,6 +84,10 @@ def _check_plan(path: Path, config: dict) -> None:
                       "geometry (layer_kv_map, layer_intermediate_sizes)")
 
 
+#: Elements of a weight checked at once.
+_CHECK_CHUNK = 1 << 22
+
+
 def check_finite_weights(model: torch.nn.Module) -> None:
     """Refuse a model whose weights hold NaN or Inf, naming the block and tensor."""
     check_finite(model.named_parameters())
@@ -92,12 +96,14 @@ def check_finite_weights(model: torch.nn.Module) -> None:
 def check_finite(named: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Refuse weights (``(name, tensor)`` pairs) holding NaN or Inf, naming the first."""
     for name, tensor in named:
-        finite = torch.isfinite(tensor)
-        if not finite.all():
+        flat = tensor.detach().reshape(-1)  # checked in chunks: isfinite's temporaries are
+        bad = sum(int((~torch.isfinite(flat[i:i + _CHECK_CHUNK])).sum())  # tensor-sized
+                  for i in range(0, flat.numel(), _CHECK_CHUNK))
+        if bad:
             block = re.search(r"layers\.(\d+)\.", name)
             where = f"block {block.group(1)} ({name})" if block else name
             raise NonFiniteError(
-                f"The model's weight {where} holds {int((~finite).sum())} NaN/Inf value(s): "
+                f"The model's weight {where} holds {bad} NaN/Inf value(s): "
                 "every score and measurement computed from it would be meaningless. Check the "
                 "model files (copy or convert them again) and model.dtype (float32 avoids "
                 "float16 overflow).")

@@ -14,7 +14,10 @@ shows where. The terms (``bytes`` of the model dtype ``d``, batch ``b``, sequenc
 - perplexity: final hidden states of a batch and one chunk of logits (models/lm_head.py);
 - zero-shot: lm-eval's logits and log-softmax for a batch of 256-token requests;
 - speed: logits of the largest prefill shape, the decode KV cache, and the dense reference
-  model when the speed-up is measured against it.
+  model when the speed-up is measured against it;
+- streamed (``memory.stream``): one block (two during surgery: the source and its cut) or
+  the fixed parts instead of the weights, and buffers past ``memory.buffer_budget_gb`` on
+  disk (the slices in use counted).
 
 Allocator slack, the GGUF conversion of a first run and library caches are not modelled; the
 host figures add the interpreter-and-libraries baseline measured when the job starts.
@@ -25,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunelab.config.schema import RunConfig
+from prunelab.errors import PrunelabError
 from prunelab.models.lm_head import LOGITS_BUDGET_BYTES
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -116,39 +120,60 @@ class PhaseMemory:
 
 def estimate(geometry: Geometry, job: RunConfig, needs: frozenset[str], prunes: bool,
              on_cuda: bool) -> dict[str, PhaseMemory]:
-    """Expected peak bytes of every phase the job runs, above the host baseline."""
+    """Expected peak bytes of every phase the job runs, above the host baseline.
+
+    With ``memory.stream`` the weights resident at any time are one block or the fixed parts
+    (embeddings, LM head), and the activation buffers are capped by the spill budget.
+    """
     d = DTYPE_BYTES[job.model.dtype]
     weights = geometry.total_parameters() * d
     ratio = float(getattr(job.schedule.params, "ratio", 0.0) or 0.0) if prunes else 0.0
     pruned = weights - int(ratio * geometry.prunable_parameters() * d)
-    phases: dict[str, dict[str, int]] = {"load": {"weights": weights}}
+    stream = job.memory.stream
+    block = geometry.block_parameters(geometry.largest_block()) * d
+    fixed = geometry.fixed_parameters() * d
+    resident = max(block, fixed) if stream else weights
+    budget = (None if job.memory.buffer_budget_gb is None
+              else int(job.memory.buffer_budget_gb * 1e9))
+    phases: dict[str, dict[str, int]] = {"load": {"weights": 0 if stream else weights}}
     host_only: dict[str, set[str]] = {}
     if prunes:
         calib = job.calibration
         phases["calibration"] = {
-            "weights": weights,
+            "weights": resident,
             "activations": geometry.activations(calib.batch_size, calib.seqlen, d),
             "statistics": _statistics_bytes(geometry)}
-        layerwise = calib.engine == "layerwise" or calib.offload or bool(
+        layerwise = stream or calib.engine == "layerwise" or calib.offload or bool(
             needs & {"sequential", "module_effects"})
         if layerwise:
-            buffers = 3 if "module_effects" in needs else 2
-            phases["calibration"]["buffers"] = (buffers * calib.nsamples * calib.seqlen
-                                                * geometry.hidden * d)
-            if calib.offload:
+            count = 3 if "module_effects" in needs else 2
+            phases["calibration"]["buffers"] = _buffers(
+                count * calib.nsamples * calib.seqlen * geometry.hidden * d, budget,
+                count * calib.batch_size * calib.seqlen * geometry.hidden * d)
+            if calib.offload or stream:
                 host_only["calibration"] = {"buffers"}
-        phases["surgery"] = {"weights": weights,
-                             "block": geometry.block_parameters(geometry.largest_block()) * d}
+        phases["surgery"] = ({"weights": max(2 * block, fixed)} if stream
+                             else {"weights": weights, "block": block})
+        if stream:  # streamed surgery cuts blocks in host memory
+            host_only["surgery"] = {"weights"}
     bench = job.benchmark
-    if job.save_model:
+    layerwise_eval = stream and job.memory.evaluation == "layerwise"
+    evaluated = resident if layerwise_eval else pruned
+    if job.save_model and not stream:
         phases["save"] = {"weights": pruned}
     for name, spec in bench.perplexity.items():
-        phases[f"perplexity/{name}"] = {
-            "weights": pruned,
+        parts = phases[f"perplexity/{name}"] = {
+            "weights": evaluated,
             "activations": geometry.activations(bench.batch_size, spec.seqlen, d),
             "hidden_states": bench.batch_size * spec.seqlen * geometry.hidden * 4,
             "logits_chunk": min(LOGITS_BUDGET_BYTES,
                                 2 * bench.batch_size * spec.seqlen * geometry.vocab * 4)}
+        if layerwise_eval:
+            windows = spec.max_windows or 0  # unknown until the text is tokenised: 0
+            parts["buffers"] = _buffers(2 * windows * spec.seqlen * geometry.hidden * d,
+                                        budget, 2 * bench.batch_size * spec.seqlen
+                                        * geometry.hidden * d)
+            host_only[f"perplexity/{name}"] = {"buffers"}
     if bench.zero_shot.tasks:
         zs = bench.zero_shot
         phases["zero_shot"] = {
@@ -159,9 +184,40 @@ def estimate(geometry: Geometry, job: RunConfig, needs: frozenset[str], prunes: 
         phases["speed"] = _speed(geometry, job, pruned, weights if prunes else 0, d)
     placed = {name: _placed(parts, host_only.get(name, set()), on_cuda)
               for name, parts in phases.items()}
-    if on_cuda:  # from_pretrained reads the weights into host memory before they move
+    if on_cuda and not stream:  # from_pretrained reads the weights into host memory first
         placed["load"].host_bytes = weights
+    if on_cuda and stream:  # a streamed module is read into host memory, then moved
+        for name, phase in placed.items():
+            if name not in ("load", "surgery") and phase.parts["weights"] == resident:
+                phase.host_bytes += resident
     return placed
+
+
+def check_budget(phases: dict[str, PhaseMemory], host_budget_gb: float | None,
+                 baseline_bytes: int, stream: bool) -> None:
+    """Refuse, before loading, a job whose expected host peak exceeds ``host_budget_gb``."""
+    if host_budget_gb is None:
+        return
+    budget = int(host_budget_gb * 1e9)
+    over = {name: phase for name, phase in phases.items()
+            if phase.host_bytes + baseline_bytes > budget}
+    if not over:
+        return
+    name, phase = max(over.items(), key=lambda item: item[1].host_bytes)
+    advice = ("Even streamed, one block or the embeddings (with the buffers) do not fit: "
+              "raise the budget, lower memory.buffer_budget_gb or the batch sizes, or use a "
+              "smaller dtype." if stream else
+              "Stream the weights (memory=streamed) or raise the budget.")
+    raise PrunelabError(
+        f"memory.host_budget_gb={host_budget_gb} ({budget / 1e9:.3f} GB) is below what phase "
+        f"{name!r} is expected to need: {(phase.host_bytes + baseline_bytes) / 1e9:.3f} GB "
+        f"(the {baseline_bytes / 1e9:.3f} GB the process holds already included).\n"
+        f"{format_table(phases, baseline_bytes)}\n{advice}")
+
+
+def _buffers(whole: int, budget: int | None, slices: int) -> int:
+    """Activation buffers: whole when they fit the budget, else the slices in use."""
+    return whole if budget is None or whole <= budget else slices
 
 
 def _speed(geometry: Geometry, job: RunConfig, pruned: int, dense: int, d: int

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,10 @@ from prunelab.errors import PrunelabError
 from prunelab.models.integrity import check_finite
 
 _BLOCK = re.compile(r"layers\.(\d+)$")
+#: Largest read of one tensor per opening of its file (see :meth:`WeightStore.tensors`).
+READ_CHUNK_BYTES = 16 * 2**20
+_ELEMENT_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                  "U8": 1, "I8": 1, "BOOL": 1}
 
 
 class WeightStore:
@@ -55,9 +60,10 @@ class WeightStore:
     def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The stored tensors ``names`` (a tied weight is read under the name it is saved as).
 
-        Each file is opened for the read and closed after: ``safe_open`` maps the file, and
-        pages of a mapping still open count in the process's resident memory, so a handle
-        kept open would grow to the whole file as blocks are read.
+        ``safe_open`` maps the file, and the mapped pages a read touches count in the
+        process's resident memory until the file is closed. So files are opened per read,
+        and a tensor larger than :data:`READ_CHUNK_BYTES` (an embedding) is read a chunk of
+        rows per opening: what a read adds is the tensor plus one chunk, not twice the tensor.
         """
         keys = {name: name if name in self._where else self._aliases.get(name, name)
                 for name in names}
@@ -65,11 +71,24 @@ class WeightStore:
         if unknown:
             raise PrunelabError(f"The streamed model's files hold no tensor {unknown[0]!r}: "
                                 "they do not match the model's config.")
-        out = {}
-        for path in {self._where[key] for key in keys.values()}:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                out.update({name: handle.get_tensor(key) for name, key in keys.items()
-                            if self._where[key] == path})
+        return {name: self._read(key) for name, key in keys.items()}
+
+    def _read(self, key: str) -> torch.Tensor:
+        path = str(self._where[key])
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            stored = handle.get_slice(key)
+            shape, dtype = stored.get_shape(), stored.get_dtype()
+            row_bytes = math.prod(shape[1:]) * _ELEMENT_BYTES.get(dtype, 8)
+            if not shape or shape[0] * row_bytes <= READ_CHUNK_BYTES:
+                return handle.get_tensor(key)
+        rows = max(1, READ_CHUNK_BYTES // row_bytes)
+        out: torch.Tensor | None = None
+        for first in range(0, shape[0], rows):
+            with safe_open(path, framework="pt", device="cpu") as handle:
+                part = handle.get_slice(key)[first:first + rows]
+            if out is None:
+                out = torch.empty(shape, dtype=part.dtype)
+            out[first:first + part.shape[0]] = part
         return out
 
     @contextlib.contextmanager
