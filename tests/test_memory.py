@@ -130,7 +130,7 @@ def test_a_budget_the_job_cannot_meet_is_refused_before_loading(make_cfg, monkey
 
     monkeypatch.setattr(pipeline, "load_streamed", no_loading)
     monkeypatch.setattr(pipeline, "load_model", no_loading)
-    cfg = make_cfg("model=tiny_llama", "++memory.host_budget_gb=0.001", "benchmark=smoke",
+    cfg = make_cfg("model=tiny_llama", "memory.host_budget_gb=0.001", "benchmark=smoke",
                    "logger=none")
     with pytest.raises(PrunelabError, match=r"(?s)host_budget_gb=0.001 .*below what phase "
                                             r"'\w+' is expected to need.*memory=streamed"):
