@@ -207,3 +207,13 @@ def test_large_tensors_are_read_in_chunks_of_rows(tiny_folder, tmp_path, monkeyp
                 streamed.adapter.decoder_layers[0].named_parameters(),
                 resident.adapter.decoder_layers[0].named_parameters()):
             assert torch.equal(ours, theirs), name
+
+
+def test_a_streamed_job_on_an_unconverted_gguf_is_refused_before_converting(make_cfg, tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    cfg = make_cfg("model=gguf", f"model.path={gguf}", "memory=streamed", "benchmark=smoke",
+                   "logger=none", f"paths.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(PrunelabError, match="not converted yet"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "cache" / "models").exists()

@@ -183,7 +183,8 @@ def _execute(run_cfg: RunConfig, resolved: dict, job: dict, out_dir: Path,
     baseline = current_rss_bytes()
     device = resolve_device(run_cfg.model.device)
     expected = memory.estimate(
-        memory.Geometry.from_config(model_config(run_cfg.model, run_cfg.paths.cache_dir)),
+        memory.Geometry.from_config(model_config(run_cfg.model, run_cfg.paths.cache_dir,
+                                                 stream=run_cfg.memory.stream)),
         run_cfg, frozenset(method.needs), method.prunes(), device.type == "cuda")
     log.info("Memory model, expected peak per phase:\n%s",
              memory.format_table(expected, baseline))

@@ -107,22 +107,7 @@ def load_streamed(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
     Nothing but the tokenizer, the config and the buffers is read; a GGUF source must have
     been converted to safetensors already (converting holds the whole model in memory).
     """
-    if cfg.source == "random":
-        raise PrunelabError(f"memory.stream=true streams weights from files; model "
-                            f"{cfg.name!r} is a random model with none. Use memory=resident.")
-    if cfg.source == "hub":
-        raise PrunelabError("memory.stream=true needs the model's files on disk: download "
-                            f"{cfg.path} and use model.source=local with model.path.")
-    if cfg.source in ("gguf", "package_gguf"):
-        gguf_path = _gguf_path(cfg, Path(cache_dir))
-        converted = conversion_folder(gguf_path, Path(cache_dir),
-                                      file_digest(gguf_path, cache_dir))
-        if not converted.is_dir():
-            raise PrunelabError(
-                f"memory.stream=true reads a safetensors folder, and model {cfg.name!r} is a "
-                f"GGUF file ({gguf_path}) not converted yet. Converting holds the whole model "
-                "in memory once; do it first with any resident job, e.g.\n  python run.py "
-                f"model={cfg.name} method=dense benchmark=smoke logger=none")
+    _check_streamable(cfg, cache_dir)
     folder, source, fingerprint = _pretrained_folder(cfg, cache_dir)
     from accelerate import init_empty_weights
 
@@ -139,11 +124,34 @@ def load_streamed(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
                        WeightStore(model, Path(folder), dtype))
 
 
-def model_config(cfg: ModelConfig, cache_dir: str):
+def _check_streamable(cfg: ModelConfig, cache_dir: str) -> None:
+    """Refuse a source that cannot be streamed, before anything is converted or read."""
+    if cfg.source == "random":
+        raise PrunelabError(f"memory.stream=true streams weights from files; model "
+                            f"{cfg.name!r} is a random model with none. Use memory=resident.")
+    if cfg.source == "hub":
+        raise PrunelabError("memory.stream=true needs the model's files on disk: download "
+                            f"{cfg.path} and use model.source=local with model.path.")
+    if cfg.source in ("gguf", "package_gguf"):
+        gguf_path = _gguf_path(cfg, Path(cache_dir))
+        converted = conversion_folder(gguf_path, Path(cache_dir),
+                                      file_digest(gguf_path, cache_dir))
+        if not converted.is_dir():
+            raise PrunelabError(
+                f"memory.stream=true reads a safetensors folder, and model {cfg.name!r} is a "
+                f"GGUF file ({gguf_path}) not converted yet. Converting holds the whole model "
+                "in memory once; do it first with any resident job, e.g.\n  python run.py "
+                f"model={cfg.name} method=dense benchmark=smoke logger=none")
+
+
+def model_config(cfg: ModelConfig, cache_dir: str, stream: bool = False):
     """The Hugging Face config of the model ``cfg`` describes, without loading any weight.
 
-    A GGUF source is converted first (once; the converted folder is what loads later).
+    A GGUF source is converted first (once; the converted folder is what loads later),
+    unless the job streams: then an unconverted one is refused (converting holds it whole).
     """
+    if stream:
+        _check_streamable(cfg, cache_dir)
     if cfg.source == "random":
         return random_config(cfg.architecture)
     folder = _pretrained_folder(cfg, cache_dir)[0]
