@@ -46,6 +46,15 @@ def test_interval_narrows_with_more_repeats():
     assert widths[1] < widths[0] / 2
 
 
+def test_wildly_spread_repeats_give_a_wide_finite_interval():
+    """Timings of a descheduled process (seen on a loaded CI machine) overflowed exp()."""
+    reference = [0.010030553, 0.002118915, 0.009838082, 0.002111981]
+    candidate = [0.002149732, 0.009843292, 0.002172345, 0.009846759]
+    interval = paired_ratio_interval(reference, candidate)
+    assert math.isfinite(interval.high) and interval.low > 0
+    assert interval.low <= interval.ratio <= interval.high
+
+
 @pytest.mark.parametrize("reference, candidate, message", [
     ([1.0, 2.0], [1.0], "as many"),
     ([1.0], [1.0], "at least 2"),

@@ -31,6 +31,10 @@ class RatioInterval:
     repeats: int
 
 
+#: Bounds of an interval's log-ratio (e^50: far beyond any measurable speed-up).
+_MAX_LOG_RATIO = 50.0
+
+
 def paired_ratio_interval(reference: Sequence[float], candidate: Sequence[float],
                           confidence: float = 0.95, resamples: int = 2000,
                           seed: int = 0) -> RatioInterval:
@@ -63,8 +67,11 @@ def paired_ratio_interval(reference: Sequence[float], candidate: Sequence[float]
     t_low, t_high = torch.nanquantile(t[t.isfinite()],
                                       torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
     error = spread / n ** 0.5
-    return RatioInterval(math.exp(mean.item()), math.exp((mean - t_high * error).item()),
-                         math.exp((mean - t_low * error).item()), confidence, n)
+    # With few, wildly spread repeats (timings of a descheduled process) a near-degenerate
+    # resample makes t huge: the bound is then "unbounded", kept finite for JSON
+    low, high = ((mean - t * error).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO).item()
+                 for t in (t_high, t_low))
+    return RatioInterval(math.exp(mean.item()), math.exp(low), math.exp(high), confidence, n)
 
 
 def interleaved_times(calls: dict[str, Callable[[], float]], warmup: int,
