@@ -107,11 +107,10 @@ def load_streamed(cfg: ModelConfig, cache_dir: str) -> LoadedModel:
     Nothing but the tokenizer, the config and the buffers is read; a GGUF source must have
     been converted to safetensors already (converting holds the whole model in memory).
     """
-    _check_streamable(cfg, cache_dir)
+    config = model_config(cfg, cache_dir, stream=True)  # refuses what cannot stream
     folder, source, fingerprint = _pretrained_folder(cfg, cache_dir)
     from accelerate import init_empty_weights
 
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
     check_supported(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dtype = DTYPES[cfg.dtype]
