@@ -37,8 +37,8 @@ class PrunelabGemma3Attention(PrunelabAttention):
         self.scaling = config.query_pre_attn_scalar**-0.5
         sliding = config.layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = config.sliding_window if sliding else None
-        self.q_norm = Gemma3RMSNorm(dim=config.head_dim, eps=config.rms_norm_eps)
-        self.k_norm = Gemma3RMSNorm(dim=config.head_dim, eps=config.rms_norm_eps)
+        self.q_norm = Gemma3RMSNorm(config.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = Gemma3RMSNorm(config.head_dim, eps=config.rms_norm_eps)
 
     def normalize_qk(self, query, key):
         return self.q_norm(query), self.k_norm(key)
