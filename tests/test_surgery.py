@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import mmap
+import os
 import subprocess
 import sys
 
@@ -166,3 +168,39 @@ def test_releasing_the_source_gives_the_same_model():
     assert torch.equal(logits(kept, tokens), logits(released, tokens))
     assert all(p.is_meta for p in source.model.layers.parameters())
     assert released.model.embed_tokens.weight is source.model.embed_tokens.weight
+
+
+def _file_resident_bytes(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, current = 0, None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            current = fields[5] if len(fields) > 5 else None
+        elif fields[0] == "Rss:" and current == str(path):
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's smaps")
+def test_released_source_blocks_leave_no_mapped_pages(tmp_path):
+    """A dense model read memory-mapped from its file stops being resident block by block."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("gqa", layers=2, hidden=96, ffn=2048).save_pretrained(tmp_path)
+    path = (tmp_path / "model.safetensors").resolve()
+    source = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    in_memory = copy.deepcopy(source)
+    tokens = torch.randint(0, 257, (2, 9), generator=torch.Generator().manual_seed(4))
+    logits(source, tokens)  # every page read
+    if _file_resident_bytes(path) < path.stat().st_size // 2:
+        pytest.skip("this transformers does not memory-map the weights it loads")
+    # embeddings, head and final norm are shared with the pruned model, so they stay
+    shared = sum(p.numel() * p.element_size() for name, p in source.named_parameters()
+                 if ".layers." not in name)
+    edges = (len(source.state_dict()) + 1) * mmap.PAGESIZE  # pages two tensors share stay
+    plan, means = random_plan(source, 1), compensation(source, 2)
+    expected = prune_model(in_memory, adapter_for(in_memory), plan, means)
+    pruned = prune_model(source, adapter_for(source), plan, means, release_source=True)
+    assert _file_resident_bytes(path) <= shared + edges < path.stat().st_size // 4
+    assert torch.equal(logits(expected, tokens), logits(pruned, tokens))

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.initialization import no_init_weights
 
+from prunelab.allocator import release_file_pages
 from prunelab.atomic import atomic_folder
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import LayerAdapter, ModelAdapter, PrunedLayerAdapter, adapter_for
@@ -140,9 +141,10 @@ def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
     """A new pruned model holding slices of ``model``'s weights.
 
     ``model`` is left intact unless ``release_source``: then each source block is freed
-    (moved to the meta device) as soon as its pruned copy is made, and the embeddings, final
-    norm and head are shared rather than copied, so surgery needs the weights plus one block
-    instead of two copies of the model. The pipeline does this; ``model`` is unusable after.
+    (moved to the meta device, its pages unmapped when it was read memory-mapped from its
+    file) as soon as its pruned copy is made, and the embeddings, final norm and head are
+    shared rather than copied, so surgery needs the weights plus one block instead of two
+    copies of the model. The pipeline does this; ``model`` is unusable after.
     """
     if len(plan.layers) != len(adapter.layers):
         raise RuntimeError(f"plan has {len(plan.layers)} layers, model {len(adapter.layers)}")
@@ -155,6 +157,7 @@ def prune_model(model: nn.Module, adapter: ModelAdapter, plan: PruningPlan,
     for i, (dst, layer, keep) in enumerate(zip(target.layers, adapter.layers, plan.layers)):
         fill_pruned_block(dst, layer, keep, means[i] if means else (None, None))
         if release_source:
+            release_file_pages(adapter.decoder_layers[i].parameters())
             adapter.decoder_layers[i].to("meta")
     shared = [(target.embed_tokens, adapter.embed_tokens), (target.final_norm, adapter.final_norm)]
     if not config.tie_word_embeddings:
