@@ -123,6 +123,15 @@ def test_a_streamed_estimate_holds_one_block_or_the_fixed_parts(make_cfg):
     assert phases["surgery"].parts == {"weights": max(2 * block, fixed)}
     assert phases["perplexity/wikitext2"].parts["weights"] == max(block, fixed)
 
+    zero_shot = validate(make_cfg("memory=streamed", "memory.evaluation=layerwise",
+                                  "benchmark=zeroshot_smoke"))
+    parts = memory.estimate(geometry, zero_shot, frozenset(), prunes=True,
+                            on_cuda=False)["zero_shot"].parts
+    assert "logits" not in parts  # only answer positions reach the LM head
+    assert parts["weights"] == max(block, fixed)
+    # 4 documents x 7 tasks x 4 choices of 256 tokens, in and out, never spilled
+    assert parts["buffers"] == 2 * 4 * 7 * 4 * 256 * h * 4
+
 
 def test_a_budget_the_job_cannot_meet_is_refused_before_loading(make_cfg, monkeypatch, tmp_path):
     def no_loading(*_args):

@@ -179,10 +179,54 @@ def test_a_streamed_job_gives_the_resident_jobs_plan_and_perplexity(make_cfg, tm
     assert not list((tmp_path / "streamed").glob("activations-*"))
 
 
+def test_layerwise_loglikelihoods_equal_lm_evals_resident_ones(tiny_folder, tmp_path):
+    """Requests of many lengths, one past the context (truncated), one the model's greedy."""
+    from lm_eval.models.huggingface import HFLM
+
+    from prunelab.eval.zeroshot_layerwise import LayerwiseLM
+
+    cache = str(tmp_path / "cache")
+    resident, streamed = load_model(tiny_folder, cache), load_streamed(tiny_folder, cache)
+    g = torch.Generator().manual_seed(5)
+    pieces = [(int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(1, 4, (1,),
+                                                                                generator=g)))
+              for _ in range(9)] + [(300, 2)]
+    requests = [(("", ""), torch.randint(0, 257, (c,), generator=g).tolist(),
+                 torch.randint(0, 257, (a,), generator=g).tolist()) for c, a in pieces]
+    context = requests[0][1]
+    with torch.no_grad():
+        greedy = int(resident.model(torch.tensor([context])).logits[0, -1].argmax())
+    requests.append((("", ""), context, [greedy]))
+    options = {"tokenizer": byte_tokenizer(), "batch_size": 3}
+    expected = HFLM(pretrained=resident.model, device="cpu", **options
+                    )._loglikelihood_tokens(requests)
+    residency = Residency(streamed.weights, buffer_budget_bytes=4096, spill_dir=str(tmp_path))
+    layerwise = LayerwiseLM(streamed.adapter, residency, CPU, **options)
+    got = layerwise._loglikelihood_tokens(requests)
+    assert [flag for _, flag in got] == [flag for _, flag in expected]
+    assert got[-1][1]
+    assert [value for value, _ in got] == pytest.approx([v for v, _ in expected], rel=1e-5)
+    assert streamed.weights.peak_blocks == 1
+    assert not list(tmp_path.glob("activations-*"))
+    with pytest.raises(PrunelabError, match="multiple-choice"):
+        layerwise.generate_until([])
+
+
+def test_a_layerwise_zero_shot_job_equals_the_resident_one(make_cfg, tmp_path):
+    folder = tmp_path / "tiny"
+    tiny_model("gqa", layers=3).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    common = ["model=local", f"model.path={folder}", "model.device=cpu", "method=flap",
+              "benchmark=zeroshot_smoke", "calibration.nsamples=8", "logger=none"]
+    resident = pipeline.run(make_cfg(*common, output_dir=tmp_path / "resident"))
+    streamed = pipeline.run(make_cfg(*common, "memory=streamed", "memory.evaluation=layerwise",
+                                     output_dir=tmp_path / "streamed"))
+    assert streamed.metrics.zero_shot.tasks == resident.metrics.zero_shot.tasks
+
+
 def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="zero-shot"):
-        validate(make_cfg("memory=streamed", "memory.evaluation=layerwise",
-                          "benchmark=zeroshot_smoke"))
+    with pytest.raises(ConfigError, match="speed"):
+        validate(make_cfg("memory=streamed", "memory.evaluation=layerwise"))
     with pytest.raises(ConfigError, match="engine=auto or layerwise"):
         validate(make_cfg("memory=streamed", "calibration.engine=streaming"))
     with pytest.raises(ConfigError, match="needs memory.stream=true|set memory.stream=true"):

@@ -413,14 +413,13 @@ class RunConfig:
         if self.memory.evaluation == "layerwise":
             bench = self.benchmark
             parts = [name for name, used in (
-                ("zero-shot (benchmark.zero_shot.tasks)", bool(bench.zero_shot.tasks)),
                 ("speed (benchmark.speed)", bench.speed.enabled),
                 ("recovery", self.recovery.enabled)) if used]
             if parts:
-                problems.append(f"memory.evaluation=layerwise computes perplexity only; "
-                                f"{', '.join(parts)} need(s) the pruned model resident: use "
-                                "memory.evaluation=resident, or drop them (e.g. "
-                                "'~benchmark.speed', benchmark.zero_shot.tasks=[])")
+                problems.append(f"memory.evaluation=layerwise computes perplexity and "
+                                f"zero-shot only; {', '.join(parts)} need(s) the pruned model "
+                                "resident: use memory.evaluation=resident, or drop them "
+                                "(e.g. '~benchmark.speed')")
         return problems
 
     def _recovery_problems(self) -> list[str]:

@@ -17,6 +17,8 @@ from prunelab.config.schema import ZeroShotSpec
 from prunelab.data.hub import hub_reachable
 from prunelab.errors import PrunelabError
 from prunelab.eval.zeroshot_tasks import PACKAGE, TASKS, prepare_tasks
+from prunelab.models.adapters import ModelAdapter
+from prunelab.models.layerwise import Residency
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,15 @@ def check_available(spec: ZeroShotSpec, cache_dir: str) -> None:
 def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: ZeroShotSpec,
                        cache_dir: str, device: torch.device,
                        documents: dict[str, list[int]] | None = None,
-                       bos: bool = False) -> dict[str, Any]:
+                       bos: bool = False,
+                       layerwise: tuple[ModelAdapter, Residency] | None = None
+                       ) -> dict[str, Any]:
     """Accuracies of ``model`` on ``spec.tasks`` and the protocol's average (in [0, 1]).
 
     ``documents`` (task -> document indices, instead of ``spec.limit``) evaluates chosen
     documents only, so that long evaluations can be split into resumable chunks.
+    ``layerwise`` (the model's adapter and where its blocks live) scores block by block
+    (eval/zeroshot_layerwise.py), for a streamed model.
     """
     if documents is not None and spec.limit is not None:
         raise PrunelabError("Give either zero_shot.limit or a document selection, not both.")
@@ -72,8 +78,14 @@ def evaluate_zero_shot(model: torch.nn.Module, tokenizer: Any, spec: ZeroShotSpe
     was_training = model.training
     model.eval()
     # bos: every request starts with BOS; otherwise the tokenizer's own default decides
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
-              device=str(device), add_bos_token=True if bos else None)
+    options = {"tokenizer": tokenizer, "batch_size": spec.batch_size,
+               "add_bos_token": True if bos else None}
+    if layerwise is None:
+        lm = HFLM(pretrained=model, device=str(device), **options)
+    else:
+        from prunelab.eval.zeroshot_layerwise import LayerwiseLM
+
+        lm = LayerwiseLM(*layerwise, device, **options)
     output = simple_evaluate(model=lm, tasks=list(names.values()), num_fewshot=0,
                              limit=spec.limit, task_manager=manager, log_samples=False,
                              samples=None if documents is None else

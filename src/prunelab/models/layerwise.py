@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from prunelab.models.adapters import ModelAdapter
 from prunelab.models.streaming import WeightStore
@@ -163,3 +164,63 @@ def job_residency(weights: WeightStore | None, budget_gb: float | None, spill_di
                   ) -> Residency:
     """A job's residency from its ``memory`` settings (budget in GB; None: never spill)."""
     return Residency(weights, None if budget_gb is None else int(budget_gb * 1e9), spill_dir)
+
+
+@torch.no_grad()
+def ragged_hidden_states(adapter: ModelAdapter, residency: Residency,
+                         sequences: list[torch.Tensor], batches: list[list[int]],
+                         device: torch.device, desc: str = "layer-wise"
+                         ) -> tuple[Buffer, list[int]]:
+    """Last block's hidden states of sequences of different lengths, computed block by block.
+
+    ``batches`` lists which sequences run together; a batch is right-padded to its longest
+    sequence, which under causal attention changes none of the real positions (lm-eval pads
+    its batches the same way). The buffers hold real tokens only, token-major (``[tokens,
+    hidden]``, a batch's sequences one after another), so padding costs no memory. Returns the
+    buffer and the row where each sequence starts.
+    """
+    starts, row = [0] * len(sequences), 0
+    for batch in batches:
+        for index in batch:
+            starts[index], row = row, row + len(sequences[index])
+    storage = torch.device("cpu") if residency.weights is not None else device
+    kwargs_by_length: dict[int, list[dict]] = {}
+    with residency.resident(adapter.embed_tokens, device=device):
+        dtype = next(adapter.embed_tokens.parameters()).dtype
+        inputs, outputs = residency.buffers((row, adapter.config.hidden_size), dtype, storage)
+        for batch in batches:
+            padded = _right_padded([sequences[i] for i in batch])
+            hidden, block_kwargs = capture_block_inputs(adapter, padded, len(batch), device)
+            kwargs_by_length.setdefault(padded.shape[1], to_device(block_kwargs, device))
+            _write_real(inputs, hidden, [len(sequences[i]) for i in batch], starts[batch[0]])
+    for index, block in enumerate(tqdm(adapter.decoder_layers, desc=desc, unit="block")):
+        with residency.resident(block, device=device):
+            for batch in batches:
+                lengths = [len(sequences[i]) for i in batch]
+                first = starts[batch[0]]
+                padded = _padded_rows(inputs[first:first + sum(lengths)], lengths).to(device)
+                out = block_output(block, padded, kwargs_by_length[max(lengths)][index])
+                _write_real(outputs, out, lengths, first)
+        inputs, outputs = outputs, inputs
+    return inputs, starts
+
+
+def _right_padded(sequences: list[torch.Tensor], pad: int = 0) -> torch.Tensor:
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), pad, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        out[row, :len(sequence)] = sequence
+    return out
+
+
+def _padded_rows(rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Token-major rows of consecutive sequences as a right-padded ``[batch, longest, ...]``."""
+    out = rows.new_zeros((len(lengths), max(lengths), *rows.shape[1:]))
+    for index, piece in enumerate(rows.split(lengths)):
+        out[index, :len(piece)] = piece
+    return out
+
+
+def _write_real(buffer: Buffer, padded: torch.Tensor, lengths: list[int], first: int) -> None:
+    """The real positions of a padded batch, written token-major from row ``first``."""
+    rows = torch.cat([padded[i, :n] for i, n in enumerate(lengths)])
+    buffer[first:first + rows.shape[0]] = rows.to(buffer.device)

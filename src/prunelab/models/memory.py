@@ -34,6 +34,8 @@ from prunelab.models.lm_head import LOGITS_BUDGET_BYTES
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: Request length lm-eval's zero-shot batches are modelled with (context + continuation).
 ZERO_SHOT_TOKENS = 256
+#: Requests per zero-shot document modelled (answer choices: 2 to 5 in the supported tasks).
+ZERO_SHOT_CHOICES = 4
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,17 @@ def estimate(geometry: Geometry, job: RunConfig, needs: frozenset[str], prunes: 
             host_only[f"perplexity/{name}"] = {"buffers"}
     if bench.zero_shot.tasks:
         zs = bench.zero_shot
-        phases["zero_shot"] = {
-            "weights": pruned,
-            "activations": geometry.activations(zs.batch_size, ZERO_SHOT_TOKENS, d),
-            "logits": 2 * zs.batch_size * ZERO_SHOT_TOKENS * geometry.vocab * 4}
+        parts = phases["zero_shot"] = {
+            "weights": evaluated,
+            "activations": geometry.activations(zs.batch_size, ZERO_SHOT_TOKENS, d)}
+        if layerwise_eval:  # only answer positions reach the head: no batch of logits
+            requests = (zs.limit or 0) * len(zs.tasks) * ZERO_SHOT_CHOICES  # no limit: unknown
+            parts["buffers"] = _buffers(2 * requests * ZERO_SHOT_TOKENS * geometry.hidden * d,
+                                        budget, 2 * zs.batch_size * ZERO_SHOT_TOKENS
+                                        * geometry.hidden * d)
+            host_only["zero_shot"] = {"buffers"}
+        else:
+            parts["logits"] = 2 * zs.batch_size * ZERO_SHOT_TOKENS * geometry.vocab * 4
     if bench.speed.enabled:
         phases["speed"] = _speed(geometry, job, pruned, weights if prunes else 0, d)
     placed = {name: _placed(parts, host_only.get(name, set()), on_cuda)
