@@ -224,6 +224,25 @@ def test_a_layerwise_zero_shot_job_equals_the_resident_one(make_cfg, tmp_path):
     assert streamed.metrics.zero_shot.tasks == resident.metrics.zero_shot.tasks
 
 
+@pytest.mark.parametrize("method", ["wanda_sp", "bip", "interaction", "shortgpt"])
+def test_a_streamed_job_of_each_method_gives_the_resident_plan(method, make_cfg, tmp_path):
+    """Sequential calibration, block scores, module-removal effects, whole blocks."""
+    folder = tmp_path / "tiny"
+    tiny_model("gqa", layers=4).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    common = ["model=local", f"model.path={folder}", "model.device=cpu", f"method={method}",
+              "benchmark=smoke", "calibration.nsamples=8", "schedule.ratio=0.3", "logger=none"]
+    resident = pipeline.run(make_cfg(*common, output_dir=tmp_path / "resident"))
+    streamed = pipeline.run(make_cfg(
+        *common, "memory=streamed", "memory.evaluation=layerwise",
+        "memory.buffer_budget_gb=0.000001", f"paths.cache_dir={tmp_path / 'cache2'}",
+        output_dir=tmp_path / "streamed"))
+    assert resident.parameters.after.total < resident.parameters.before.total
+    assert streamed.pruning.plan == resident.pruning.plan
+    for name, result in resident.metrics.perplexity.items():
+        assert streamed.metrics.perplexity[name].ppl == pytest.approx(result.ppl, rel=1e-6)
+
+
 def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="speed"):
         validate(make_cfg("memory=streamed", "memory.evaluation=layerwise"))
@@ -234,9 +253,10 @@ def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
     folder = tmp_path / "tiny"
     tiny_model("gqa").save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
-    with pytest.raises(PrunelabError, match="module-removal effects"):
+    with pytest.raises(PrunelabError, match="loss gradients"):
         pipeline.run(make_cfg("model=local", f"model.path={folder}", "model.device=cpu",
-                              "method=interaction", "memory=streamed", "benchmark=smoke",
+                              "method=llm_pruner", "schedule.protect_first=1",
+                              "schedule.protect_last=1", "memory=streamed", "benchmark=smoke",
                               "logger=none"))
 
 

@@ -335,7 +335,7 @@ class _Stage:
             if effects is None:
                 effects = measure_module_effects(
                     self.loaded.adapter, self._samples(), request.estimator, request.pairs,
-                    self.job.calibration.batch_size, self.loaded.device)
+                    self.job.calibration.batch_size, self.loaded.device, self.residency)
                 fields = {"single": effects.single}
                 if effects.pair is not None:
                     fields["pair"] = effects.pair
@@ -390,15 +390,11 @@ def pruned_folder(job: RunConfig) -> Path:
 def _check_streamable(method: PruningMethod, params: Any) -> None:
     """Refuse, before any work, what a streamed model cannot do block by block."""
     name = type(method).__name__
-    needs = sorted(method.needs & {"gradients", "module_effects"})
-    if needs:
-        what = {"gradients": "loss gradients (a backward pass through the whole model)",
-                "module_effects": "module-removal effects (every later block runs for each "
-                                  "removal)"}
-        raise PrunelabError(f"{name} needs {' and '.join(what[n] for n in needs)}, which "
-                            "memory.stream=true cannot provide one block at a time. Use "
-                            "memory=resident, or a layer-wise method (flap, wanda_sp, mag_sp, "
-                            "random, shortgpt).")
+    if "gradients" in method.needs:
+        raise PrunelabError(f"{name} needs loss gradients (a backward pass through the whole "
+                            "model), which memory.stream=true cannot provide one block at a "
+                            "time. Use memory=resident, or a layer-wise method (flap, "
+                            "wanda_sp, mag_sp, random, shortgpt, bip, interaction).")
     if str(params.target).startswith("latency"):
         raise PrunelabError(f"schedule.target={params.target} profiles the whole model's "
                             "latency in memory; with memory.stream=true use target=params or "

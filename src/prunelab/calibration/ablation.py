@@ -35,6 +35,9 @@ from prunelab.calibration.statistics import ChannelMoments
 from prunelab.errors import PrunelabError, unknown_name_message
 from prunelab.models.adapters import ModelAdapter
 from prunelab.models.layerwise import (
+    RESIDENT,
+    Buffer,
+    Residency,
     block_output,
     capture_block_inputs,
     forward_block,
@@ -104,64 +107,77 @@ def replaced_by_mean(modules: list[tuple[nn.Module, torch.Tensor]]) -> Iterator[
 
 
 class _Reference:
-    """One pass of the unchanged model: module means, and what ``estimator`` compares.
+    """One layer-wise pass of the unchanged model: module means, and what ``estimator`` needs.
 
-    ``cosine`` needs the residual stream around every module, ``entropy`` the moments of the
-    final states, ``kl`` the final states themselves; each is gathered only for its estimator.
+    ``hidden`` (block 0's inputs) is overwritten with the last block's outputs. ``cosine``
+    needs the residual stream around every module (the stream between a block's attention
+    and MLP, the MLP norm's input, is kept in ``middles`` for the next block), ``entropy``
+    the moments of the final states, ``kl`` the final states themselves (into ``final``).
     """
 
-    def __init__(self, adapter: ModelAdapter, inputs: torch.Tensor, block_kwargs: list[dict],
-                 batch_size: int, estimator: str):
+    def __init__(self, adapter: ModelAdapter, residency: Residency, hidden: Buffer,
+                 block_kwargs: list[dict], batch_size: int, device: torch.device,
+                 estimator: str, final: Buffer | None, middles: Buffer | None):
         layers = adapter.layers
         n = len(layers)
         self.estimator = estimator
-        self.sums = [[None, None] for _ in range(n)]
-        self.count = 0
+        self.sums: list[list[torch.Tensor | None]] = [[None, None] for _ in range(n)]
+        self.count = hidden.shape[0] * hidden.shape[1]
         # 1 - cos across module k (single) and across modules k, k+1 (pair), summed over tokens
         self.cos_single = torch.zeros(2 * n, dtype=torch.float64)
         self.cos_pair = torch.zeros(2 * n - 1, dtype=torch.float64)
         self.moments = ChannelMoments()
-        self.final = torch.empty_like(inputs) if estimator == "kl" else None
-        captured: list[list[torch.Tensor]] = [[] for _ in layers]  # per block: attn, mlp out
-        handles = [module.register_forward_hook(functools.partial(_store_output, store))
-                   for layer, store in zip(layers, captured)
+        self.final = final
+        for index, block in enumerate(tqdm(adapter.decoder_layers, unit="block",
+                                           desc="module removal: reference")):
+            with residency.resident(block, device=device):
+                self._run_block(index, layers[index], block, hidden, block_kwargs[index],
+                                batch_size, device, middles)
+        with residency.resident(adapter.final_norm, device=device):
+            for start in range(0, hidden.shape[0], batch_size):
+                states = adapter.final_norm(hidden[start:start + batch_size].to(device))
+                if estimator == "entropy":
+                    self.moments.update(states.double())  # differences need float64 sums
+                if final is not None:
+                    final[start:start + states.shape[0]] = states.to(final.device)
+
+    def _run_block(self, index: int, layer, block: nn.Module, hidden: Buffer, kwargs: dict,
+                   batch_size: int, device: torch.device, middles: Buffer | None) -> None:
+        """Block ``index`` over every sample, in place, adding to the sums and cosines."""
+        captured: list[torch.Tensor] = []  # attention output, MLP output
+        middle: list[torch.Tensor] = []
+        handles = [module.register_forward_hook(functools.partial(_store_output, captured))
                    for module in (layer.attention, layer.mlp)]
-        # the residual stream between a block's attention and MLP: the MLP norm's input
-        self.middle: list[list[torch.Tensor]] = [[] for _ in layers]
-        if estimator == "cosine":
-            handles += [layer.mlp_norm.register_forward_pre_hook(
-                functools.partial(_store_input, store))
-                for layer, store in zip(layers, self.middle)]
+        if self.estimator == "cosine":
+            handles.append(layer.mlp_norm.register_forward_pre_hook(
+                functools.partial(_store_input, middle)))
         try:
-            for start in range(0, inputs.shape[0], batch_size):
-                self._add_batch(adapter, inputs[start:start + batch_size], block_kwargs,
-                                captured, start)
+            for start in range(0, hidden.shape[0], batch_size):
+                before = hidden[start:start + batch_size].to(device)
+                after = block_output(block, before, kwargs)
+                for j, out in enumerate(captured):
+                    total = out.double().sum(dim=(0, 1))
+                    self.sums[index][j] = total if self.sums[index][j] is None \
+                        else self.sums[index][j] + total
+                captured.clear()
+                if self.estimator == "cosine":
+                    self._add_cosines(index, before, middle.pop(), after, middles, start)
+                hidden[start:start + after.shape[0]] = after.to(hidden.device)
         finally:
             for handle in handles:
                 handle.remove()
 
-    def _add_batch(self, adapter: ModelAdapter, hidden: torch.Tensor, block_kwargs: list[dict],
-                   captured: list[list[torch.Tensor]], start: int) -> None:
-        streams = [hidden]  # residual stream before module 0, after module 0, 1, ... (cosine)
-        for index, block in enumerate(adapter.decoder_layers):
-            hidden = block_output(block, hidden, block_kwargs[index])
-            for j, out in enumerate(captured[index]):
-                total = out.double().sum(dim=(0, 1))
-                self.sums[index][j] = total if self.sums[index][j] is None \
-                    else self.sums[index][j] + total
-            if self.estimator == "cosine":
-                streams += [self.middle[index].pop(), hidden]
-            captured[index].clear()
-        self.count += hidden.shape[0] * hidden.shape[1]
-        for k in range(len(streams) - 1):
-            self.cos_single[k] += _one_minus_cos(streams[k], streams[k + 1])
-            if k + 2 < len(streams):
-                self.cos_pair[k] += _one_minus_cos(streams[k], streams[k + 2])
-        final = adapter.final_norm(hidden)
-        if self.estimator == "entropy":
-            self.moments.update(final.double())  # entropy differences need float64 sums
-        if self.final is not None:
-            self.final[start:start + hidden.shape[0]] = final
+    def _add_cosines(self, index: int, before: torch.Tensor, middle: torch.Tensor,
+                     after: torch.Tensor, middles: Buffer, start: int) -> None:
+        """Streams 2l (block input), 2l+1 (middle), 2l+2 (output), and 2l-1 (last middle)."""
+        k = 2 * index
+        self.cos_single[k] += _one_minus_cos(before, middle)
+        self.cos_single[k + 1] += _one_minus_cos(middle, after)
+        self.cos_pair[k] += _one_minus_cos(before, after)
+        rows = slice(start, start + middle.shape[0])
+        if index > 0:
+            self.cos_pair[k - 1] += _one_minus_cos(middles[rows].to(middle.device), middle)
+        middles[rows] = middle.to(middles.device)
 
     def mean(self, layer: int, module: int) -> torch.Tensor:
         """Mean output of a sub-layer over every calibration token."""
@@ -205,27 +221,46 @@ def _token_kl(reference: torch.Tensor, changed: torch.Tensor, head: nn.Module) -
 @torch.no_grad()
 def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimator: str,
                            pairs: bool, batch_size: int, device: torch.device,
+                           residency: Residency = RESIDENT,
                            desc: str = "module removal") -> ModuleEffects:
-    """Score every sub-layer (and adjacent pair when ``pairs``) by removing it."""
+    """Score every sub-layer (and adjacent pair when ``pairs``) by removing it.
+
+    Layer-wise: every pass runs one block over all samples before the next, so a streamed
+    model (``residency``) holds one block; it reads a block once per removal that reaches it
+    (``2L(L+1)`` block reads with pairs). The hidden states of all samples live in buffers
+    (three for ``kl``, two otherwise) that spill to disk past the residency's budget.
+    """
     check_estimator(estimator)
     layers = adapter.layers
     if not all(layer.has_attention and layer.has_mlp for layer in layers):
         raise PrunelabError("module effects are measured on the unpruned model; this one "
                             "already lacks whole sub-layers")
     n = len(layers)
-    model_device = next(adapter.embed_tokens.parameters()).device
-    inputs, block_kwargs = capture_block_inputs(adapter, samples, batch_size, model_device)
+    storage = torch.device("cpu") if residency.weights is not None else device
+    count = 3 if estimator == "kl" else 2
+    with residency.resident(adapter.embed_tokens, device=device):
+        shape = (*samples.shape, adapter.config.hidden_size)
+        dtype = next(adapter.embed_tokens.parameters()).dtype
+        buffers = residency.buffers(shape, dtype, storage, count=count)
+        inputs, block_kwargs = capture_block_inputs(adapter, samples, batch_size, device,
+                                                    buffers[0])
     block_kwargs = to_device(block_kwargs, device)
-    reference = _Reference(adapter, inputs, block_kwargs, batch_size, estimator)
-    if estimator == "cosine":
+    work = buffers[1]
+    if estimator == "cosine":  # no removal runs: block 0's inputs need not be kept
+        reference = _Reference(adapter, residency, inputs, block_kwargs, batch_size, device,
+                               estimator, None, work)
         single = reference.cos_single / reference.count
         pair = reference.cos_pair / reference.count if pairs else None
         return ModuleEffects(single.view(n, 2), pair)
+    _copy_rows(inputs, work, batch_size)
+    reference = _Reference(adapter, residency, work, block_kwargs, batch_size, device,
+                           estimator, buffers[2] if estimator == "kl" else None, None)
     modules = [(layer.attention, layer.mlp) for layer in layers]
     entropy_full = gaussian_entropy(reference.moments) if estimator == "entropy" else 0.0
     single = torch.zeros(2 * n, dtype=torch.float64)
     pair = torch.zeros(2 * n - 1, dtype=torch.float64)
     blocks = adapter.decoder_layers
+    head = (adapter.final_norm, adapter.lm_head) if estimator == "kl" else (adapter.final_norm,)
     total = 2 * n + (2 * n - 1 if pairs else 0)
     with tqdm(total=total, desc=desc, unit="removal") as bar:
         for index in range(n):
@@ -238,22 +273,31 @@ def measure_module_effects(adapter: ModelAdapter, samples: torch.Tensor, estimat
             for removed, target, slot in removals:
                 patched = [(modules[k // 2][k % 2], reference.mean(k // 2, k % 2))
                            for k in removed]
-                moments, kl = ChannelMoments(), 0.0
+                _copy_rows(inputs, work, batch_size)
                 with replaced_by_mean(patched):
-                    for start in range(0, inputs.shape[0], batch_size):
-                        hidden = inputs[start:start + batch_size]
-                        for later in range(index, n):
-                            hidden = block_output(blocks[later], hidden,
-                                                  block_kwargs[later])
-                        final = adapter.final_norm(hidden)
+                    for later in range(index, n):
+                        with residency.resident(blocks[later], device=device):
+                            forward_block(blocks[later], work, block_kwargs[later],
+                                          batch_size, device, outputs=work)
+                moments, kl = ChannelMoments(), 0.0
+                with residency.resident(*head, device=device):
+                    for start in range(0, work.shape[0], batch_size):
+                        final = adapter.final_norm(work[start:start + batch_size].to(device))
                         if estimator == "entropy":
                             moments.update(final.double())
                         else:
-                            kl += _token_kl(reference.final[start:start + final.shape[0]],
-                                            final, adapter.lm_head)
+                            kl += _token_kl(reference.final[start:start + final.shape[0]]
+                                            .to(device), final, adapter.lm_head)
                 target[slot] = (abs(entropy_full - gaussian_entropy(moments))
                                 if estimator == "entropy" else kl / reference.count)
                 bar.update()
-            forward_block(blocks[index], inputs, block_kwargs[index], batch_size, device,
-                          outputs=inputs)  # the next block's inputs, in place
+            with residency.resident(blocks[index], device=device):
+                forward_block(blocks[index], inputs, block_kwargs[index], batch_size, device,
+                              outputs=inputs)  # the next block's inputs, in place
     return ModuleEffects(single.view(n, 2), pair if pairs else None)
+
+
+def _copy_rows(source: Buffer, target: Buffer, rows: int) -> None:
+    """``target[:] = source``, a slice of rows at a time (either may be spilled to disk)."""
+    for start in range(0, source.shape[0], rows):
+        target[start:start + rows] = source[start:start + rows]

@@ -148,12 +148,13 @@ class Residency:
             return contextlib.nullcontext()
         return self.weights.materialized(*modules, device=device)
 
-    def buffers(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
-                ) -> tuple[Buffer, Buffer]:
-        """The layer-wise pass's input and output buffers."""
-        budget = None if self.buffer_budget_bytes is None else self.buffer_budget_bytes // 2
-        return (activation_buffer(shape, dtype, device, budget, self.spill_dir),
-                activation_buffer(shape, dtype, device, budget, self.spill_dir))
+    def buffers(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                count: int = 2) -> tuple[Buffer, ...]:
+        """The layer-wise pass's buffers (input and output, or ``count``), sharing the budget."""
+        budget = (None if self.buffer_budget_bytes is None
+                  else self.buffer_budget_bytes // count)
+        return tuple(activation_buffer(shape, dtype, device, budget, self.spill_dir)
+                     for _ in range(count))
 
 
 #: Weights resident, buffers never spilled: the default of every layer-wise pass.
