@@ -31,7 +31,7 @@ from tests.helpers.tiny import tiny_model
 LAYERS = 6
 #: A speed part for the smoke suite: jobs that time speed record every latency fraction.
 SPEED = ("+benchmark.speed.grid=[[1,16]]", "+benchmark.speed.decode_tokens=2",
-         "+benchmark.speed.repeats=1")
+         "+benchmark.speed.repeats=2", "+benchmark.speed.reference=dense")
 SYNTHETIC = synthetic_cost()
 COST_MODELS = {"params": ParameterCost(), "macs": MacCost(64.5), "latency": SYNTHETIC}
 
@@ -277,7 +277,7 @@ def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkey
     assert "does not grow" in details["achieved_unavailable"]["latency_decode"]
 
 
-def test_job_without_a_speed_part_profiles_only_its_budget(make_cfg, monkeypatch):
+def test_job_without_a_speed_up_profiles_only_its_budget(make_cfg, monkeypatch):
     profiled = []
 
     def profile(model, adapter, device, shape, vocab_size, cache_dir):
@@ -295,3 +295,8 @@ def test_job_without_a_speed_part_profiles_only_its_budget(make_cfg, monkeypatch
                                     "schedule.target=latency", "overwrite=true")).to_dict()[
         "pruning"]["details"]
     assert profiled == ["prefill"] and set(details["achieved"]) == {"params", "macs", "latency"}
+    details = pipeline.run(make_cfg("model=tiny_llama", "method=mag_sp", "benchmark=smoke",
+                                    "logger=none", "schedule.ratio=0.3", "overwrite=true",
+                                    *SPEED[:3])).to_dict()["pruning"]["details"]
+    assert profiled == ["prefill"] and set(details["achieved"]) == {"params", "macs"}
+    assert "no speed-up" in details["achieved_unavailable"]["latency"]

@@ -109,11 +109,12 @@ def reported_currencies(params: Any, loaded: RunningModel, speed: Any, cache_dir
                         ) -> tuple[dict[str, CostModel], dict[str, str]]:
     """Cost models of every currency, for the achieved fractions of every run.
 
-    The budget's own model is reused. The latency currencies are profiled (once per device,
-    model geometry and shape, then cached: minutes for a real model) where the job measures
-    speed too, so a measured speed-up stands beside each predicted fraction; a job without a
-    speed part (or with ``profile`` false: a streamed model) records why they are missing, as
-    it does for a profile that cannot be made.
+    The budget's own model is reused. The other latency currencies are profiled (once per
+    device, model geometry and shape, then cached: 13 minutes for SmolLM2's three on 2 CPU
+    cores) only where the job measures speed-ups too (``benchmark.speed.reference=dense``), so
+    a measured speed-up stands beside each predicted fraction; other jobs (and those with
+    ``profile`` false: a streamed model) record why they are missing, as they do for a
+    profile that cannot be made.
     """
     models: dict[str, CostModel] = {"params": ParameterCost(),
                                     "macs": MacCost((params.target_seqlen + 1) / 2),
@@ -126,6 +127,9 @@ def reported_currencies(params: Any, loaded: RunningModel, speed: Any, cache_dir
         elif currency not in models and not speed.enabled:
             missing[currency] = ("not profiled: the benchmark times no speed (its "
                                  "speed.grid and speed.decode_tokens are empty)")
+        elif currency not in models and speed.reference != "dense":
+            missing[currency] = ("not profiled: the benchmark measures no speed-up to check it "
+                                 "against (benchmark.speed.reference=dense profiles it)")
         elif currency not in models:
             try:
                 models[currency] = cost_model_for(params, loaded, speed, cache_dir, currency)
