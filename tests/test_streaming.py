@@ -160,23 +160,12 @@ def test_layerwise_perplexity_of_a_streamed_pruned_model_equals_resident(tiny_fo
     assert layerwise.weights.peak_blocks == 1
 
 
-def test_a_streamed_job_gives_the_resident_jobs_plan_and_perplexity(make_cfg, tmp_path):
+def _local_model(tmp_path, layers: int = 3) -> list[str]:
+    """Overrides that load a tiny LLaMA-GQA saved as a Hugging Face folder under ``tmp_path``."""
     folder = tmp_path / "tiny"
-    tiny_model("gqa", layers=3).save_pretrained(folder)
+    tiny_model("gqa", layers=layers).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
-    common = ["model=local", f"model.path={folder}", "model.device=cpu", "method=flap",
-              "benchmark=smoke", "calibration.nsamples=8", "logger=none"]
-    resident = pipeline.run(make_cfg(*common, output_dir=tmp_path / "resident"))
-    streamed = pipeline.run(make_cfg(
-        *common, "memory=streamed", "memory.evaluation=layerwise",
-        "memory.buffer_budget_gb=0.000001", f"paths.cache_dir={tmp_path / 'cache2'}",
-        output_dir=tmp_path / "streamed"))
-    assert streamed.pruning.plan == resident.pruning.plan
-    assert streamed.parameters == resident.parameters
-    for name, result in resident.metrics.perplexity.items():
-        assert streamed.metrics.perplexity[name].ppl == pytest.approx(result.ppl, rel=1e-6)
-    assert (tmp_path / "streamed" / "model" / "model.safetensors.index.json").is_file()
-    assert not list((tmp_path / "streamed").glob("activations-*"))
+    return ["model=local", f"model.path={folder}", "model.device=cpu", "logger=none"]
 
 
 def test_layerwise_loglikelihoods_equal_lm_evals_resident_ones(tiny_folder, tmp_path):
@@ -213,25 +202,20 @@ def test_layerwise_loglikelihoods_equal_lm_evals_resident_ones(tiny_folder, tmp_
 
 
 def test_a_layerwise_zero_shot_job_equals_the_resident_one(make_cfg, tmp_path):
-    folder = tmp_path / "tiny"
-    tiny_model("gqa", layers=3).save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    common = ["model=local", f"model.path={folder}", "model.device=cpu", "method=flap",
-              "benchmark=zeroshot_smoke", "calibration.nsamples=8", "logger=none"]
+    common = [*_local_model(tmp_path), "method=flap", "benchmark=zeroshot_smoke",
+              "calibration.nsamples=8"]
     resident = pipeline.run(make_cfg(*common, output_dir=tmp_path / "resident"))
     streamed = pipeline.run(make_cfg(*common, "memory=streamed", "memory.evaluation=layerwise",
                                      output_dir=tmp_path / "streamed"))
     assert streamed.metrics.zero_shot.tasks == resident.metrics.zero_shot.tasks
 
 
-@pytest.mark.parametrize("method", ["wanda_sp", "bip", "interaction", "shortgpt"])
+@pytest.mark.parametrize("method", ["flap", "wanda_sp", "bip", "interaction", "shortgpt"])
 def test_a_streamed_job_of_each_method_gives_the_resident_plan(method, make_cfg, tmp_path):
-    """Sequential calibration, block scores, module-removal effects, whole blocks."""
-    folder = tmp_path / "tiny"
-    tiny_model("gqa", layers=4).save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    common = ["model=local", f"model.path={folder}", "model.device=cpu", f"method={method}",
-              "benchmark=smoke", "calibration.nsamples=8", "schedule.ratio=0.3", "logger=none"]
+    """Calibration, sequential calibration, block scores, module-removal effects, whole blocks;
+    spilled buffers, the pruned model written block by block and evaluated layer-wise."""
+    common = [*_local_model(tmp_path, layers=4), f"method={method}", "benchmark=smoke",
+              "calibration.nsamples=8", "schedule.ratio=0.3"]
     resident = pipeline.run(make_cfg(*common, output_dir=tmp_path / "resident"))
     streamed = pipeline.run(make_cfg(
         *common, "memory=streamed", "memory.evaluation=layerwise",
@@ -239,8 +223,11 @@ def test_a_streamed_job_of_each_method_gives_the_resident_plan(method, make_cfg,
         output_dir=tmp_path / "streamed"))
     assert resident.parameters.after.total < resident.parameters.before.total
     assert streamed.pruning.plan == resident.pruning.plan
+    assert streamed.parameters == resident.parameters
     for name, result in resident.metrics.perplexity.items():
         assert streamed.metrics.perplexity[name].ppl == pytest.approx(result.ppl, rel=1e-6)
+    assert (tmp_path / "streamed" / "model" / "model.safetensors.index.json").is_file()
+    assert not list((tmp_path / "streamed").glob("activations-*"))
 
 
 def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
@@ -250,14 +237,10 @@ def test_streaming_refuses_what_needs_the_whole_model(make_cfg, tmp_path):
         validate(make_cfg("memory=streamed", "calibration.engine=streaming"))
     with pytest.raises(ConfigError, match="needs memory.stream=true|set memory.stream=true"):
         validate(make_cfg("memory.evaluation=layerwise"))
-    folder = tmp_path / "tiny"
-    tiny_model("gqa").save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
     with pytest.raises(PrunelabError, match="loss gradients"):
-        pipeline.run(make_cfg("model=local", f"model.path={folder}", "model.device=cpu",
-                              "method=llm_pruner", "schedule.protect_first=1",
-                              "schedule.protect_last=1", "memory=streamed", "benchmark=smoke",
-                              "logger=none"))
+        pipeline.run(make_cfg(*_local_model(tmp_path), "method=llm_pruner",
+                              "schedule.protect_first=1", "schedule.protect_last=1",
+                              "memory=streamed", "benchmark=smoke"))
 
 
 def test_large_tensors_are_read_in_chunks_of_rows(tiny_folder, tmp_path, monkeypatch):

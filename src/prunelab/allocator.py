@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import mmap
 from collections.abc import Iterable
@@ -34,11 +35,16 @@ _MADV_DONTNEED = 4  # madvise advice number in Linux's mman.h
 _MAPS = Path("/proc/self/maps")
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, found once (``find_library`` runs ``ldconfig`` in a subprocess)."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def pin_mmap_threshold(threshold_bytes: int = 128 * 1024) -> bool:
     """Fix glibc's mmap threshold (turning off its growth); False where malloc is not glibc."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError, TypeError):
         log.warning("Could not pin the allocator's mmap threshold (no glibc mallopt): freed "
                     "memory may stay with the process, and peaks grow")
@@ -46,31 +52,26 @@ def pin_mmap_threshold(threshold_bytes: int = 128 * 1024) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
 
 
-def release_file_pages(tensors: Iterable[torch.Tensor]) -> int:
-    """Unmap the whole pages of ``tensors`` that lie in a file mapping; bytes released.
+def release_file_pages(tensors: Iterable[torch.Tensor]) -> None:
+    """Unmap the whole pages of ``tensors`` that lie in a file mapping.
 
     Only for tensors about to be dropped: a page written since it was mapped privately
     (copy-on-write) reads as the file's content afterwards. Tensors in ordinary (anonymous)
     memory are left alone, as is everything where there is no ``/proc/self/maps`` (not Linux).
     """
     if not _MAPS.is_file():
-        return 0
+        return
     files = _file_mappings()
-    if not files:
-        return 0
-    madvise = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
+    madvise = _libc().madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
-    released = 0
     for tensor in tensors:
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
             continue
         start = -(-tensor.data_ptr() // page) * page  # whole pages inside the tensor only
         end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
         if end > start and any(low <= start and end <= high for low, high in files):
-            if madvise(start, end - start, _MADV_DONTNEED) == 0:
-                released += end - start
-    return released
+            madvise(start, end - start, _MADV_DONTNEED)  # advice: a refusal changes nothing
 
 
 def _file_mappings() -> list[tuple[int, int]]:

@@ -44,7 +44,6 @@ from prunelab.eval.zeroshot import evaluate_zero_shot
 from prunelab.meter import PhaseMeter, current_rss_bytes, process_peak_rss_bytes
 from prunelab.models import memory
 from prunelab.models.adapters import adapter_for
-from prunelab.models.layerwise import Residency, job_residency
 from prunelab.models.loading import (
     LoadedModel,
     load_model,
@@ -385,7 +384,8 @@ def _evaluate(run_cfg: RunConfig, loaded: LoadedModel, speed: bool = True,
             metrics.zero_shot = _typed(ZeroShotResult, evaluate_zero_shot(
                 loaded.model, loaded.tokenizer, bench.zero_shot, run_cfg.paths.cache_dir,
                 loaded.device, bos=run_cfg.model.bos, layerwise=None if loaded.weights is None
-                else (loaded.adapter, _residency(run_cfg, loaded))), "metrics.zero_shot")
+                else (loaded.adapter, pruning.job_residency(loaded.weights, run_cfg))),
+                "metrics.zero_shot")
         parts["zero_shot"] = time.perf_counter() - t0
     if speed and bench.speed.enabled:
         t0 = time.perf_counter()
@@ -477,19 +477,13 @@ def _evaluate_perplexity(run_cfg: RunConfig, loaded: LoadedModel, meter: PhaseMe
                 value = perplexity(loaded.model, windows, bench.batch_size, loaded.device,
                                    desc=name)
             else:  # a streamed model (memory.evaluation=layerwise)
-                value = layerwise_perplexity(loaded.adapter, _residency(run_cfg, loaded),
-                                             windows, bench.batch_size, loaded.device,
-                                             desc=name)
+                value = layerwise_perplexity(
+                    loaded.adapter, pruning.job_residency(loaded.weights, run_cfg), windows,
+                    bench.batch_size, loaded.device, desc=name)
         results[name] = PerplexityResult(**value, **protocol_fields(spec, corpus,
                                                                    run_cfg.model.bos))
         log.info("%s perplexity %.4f over %d windows", name, value["ppl"], value["windows"])
     return results
-
-
-def _residency(run_cfg: RunConfig, loaded: LoadedModel) -> Residency:
-    """Where a streamed model's blocks and the layer-wise buffers live during evaluation."""
-    return job_residency(loaded.weights, run_cfg.memory.buffer_budget_gb,
-                         run_cfg.memory.spill_dir or run_cfg.paths.output_dir)
 
 
 def _check_context(run_cfg: RunConfig, loaded: LoadedModel) -> None:

@@ -37,10 +37,11 @@ from prunelab.errors import NonFiniteError, PrunelabError
 from prunelab.meter import PhaseMeter
 from prunelab.methods import PruningMethod, UnitScores
 from prunelab.models.adapters import LayerAdapter, adapter_for
-from prunelab.models.layerwise import job_residency
+from prunelab.models.layerwise import Residency
 from prunelab.models.loading import LoadedModel, load_model, load_streamed
 from prunelab.models.plan import SOURCE_FIELD, LayerPlan, PruningPlan
 from prunelab.models.streamed_surgery import write_pruned_streamed
+from prunelab.models.streaming import WeightStore
 from prunelab.models.surgery import mask_block, prune_model
 from prunelab.registry import SCHEDULES
 from prunelab.schedules import Pool, Schedule, build_pools
@@ -80,6 +81,17 @@ def prune(method: PruningMethod, loaded: LoadedModel, job: RunConfig) -> Pruning
     return _Stage(method, loaded, job).run()
 
 
+def job_residency(weights: WeightStore | None, job: RunConfig) -> Residency:
+    """Where a job's layer-wise passes keep blocks and buffers, from its ``memory`` settings.
+
+    The buffer budget is in GB (None: never spill); spilled files go to ``memory.spill_dir``,
+    else to the job folder.
+    """
+    budget_gb = job.memory.buffer_budget_gb
+    return Residency(weights, None if budget_gb is None else int(budget_gb * 1e9),
+                     job.memory.spill_dir or job.paths.output_dir)
+
+
 class _Stage:
     """One pruning run; the steps share the job, the meter and what calibration found."""
 
@@ -93,8 +105,7 @@ class _Stage:
         self.schedule: Schedule | None = None
         self.meter = PhaseMeter(loaded.device)
         self.info: dict[str, Any] = {"used": bool(method.statistics)}
-        self.residency = job_residency(loaded.weights, job.memory.buffer_budget_gb,
-                                       job.memory.spill_dir or job.paths.output_dir)
+        self.residency = job_residency(loaded.weights, job)
 
     def run(self) -> PruningOutcome:
         method, loaded, meter = self.method, self.loaded, self.meter

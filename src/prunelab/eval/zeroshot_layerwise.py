@@ -29,6 +29,7 @@ class LayerwiseLM(HFLM):
     def __init__(self, adapter: ModelAdapter, residency: Residency, device: torch.device,
                  **hflm_options):
         super().__init__(pretrained=adapter.model, device=str(device), **hflm_options)
+        # HFLM takes a passed model's own device, which is meta for a streamed one
         self._adapter, self._residency, self._run_on = adapter, residency, device
 
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,

@@ -161,12 +161,6 @@ class Residency:
 RESIDENT = Residency()
 
 
-def job_residency(weights: WeightStore | None, budget_gb: float | None, spill_dir: str
-                  ) -> Residency:
-    """A job's residency from its ``memory`` settings (budget in GB; None: never spill)."""
-    return Residency(weights, None if budget_gb is None else int(budget_gb * 1e9), spill_dir)
-
-
 @torch.no_grad()
 def ragged_hidden_states(adapter: ModelAdapter, residency: Residency,
                          sequences: list[torch.Tensor], batches: list[list[int]],
@@ -192,7 +186,8 @@ def ragged_hidden_states(adapter: ModelAdapter, residency: Residency,
         for batch in batches:
             padded = _right_padded([sequences[i] for i in batch])
             hidden, block_kwargs = capture_block_inputs(adapter, padded, len(batch), device)
-            kwargs_by_length.setdefault(padded.shape[1], to_device(block_kwargs, device))
+            if padded.shape[1] not in kwargs_by_length:  # the first batch is the largest
+                kwargs_by_length[padded.shape[1]] = to_device(block_kwargs, device)
             _write_real(inputs, hidden, [len(sequences[i]) for i in batch], starts[batch[0]])
     for index, block in enumerate(tqdm(adapter.decoder_layers, desc=desc, unit="block")):
         with residency.resident(block, device=device):
