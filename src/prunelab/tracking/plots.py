@@ -27,9 +27,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _legend_outside(ax) -> None:
-    """The legend right of the panels: sweep row labels can be long (differing settings)."""
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+def _legend_below(fig, ax) -> None:
+    """One legend under the panels: long sweep labels beside them squeeze the panels thin."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=2 if len(labels) > 4 else 1)
 
 
 def plot_kept_units(layers_before: list[LayerSizes], layers_after: list[LayerSizes],
@@ -134,7 +136,7 @@ def plot_metric_vs_ratio(table, path: Path) -> Path:
         ax.set_title(column.label)
         ax.set_xlabel("pruning ratio")
         ax.set_ylabel(AXIS_LABELS[column.kind])
-    _legend_outside(axes[0][-1])
+    _legend_below(fig, axes[0][-1])
     fig.suptitle(table.model, fontsize=10)
     return _save(fig, path)
 
@@ -192,7 +194,7 @@ def plot_pareto(table, path: Path) -> Path | None:
                       "dense\n(bars: confidence interval)" if speedup
                       else f"measured {latency.label}")
         ax.set_ylabel(f"{column.label} {AXIS_LABELS[column.kind]}")
-    _legend_outside(axes[0][-1])
+    _legend_below(fig, axes[0][-1])
     fig.suptitle(table.model, fontsize=10)
     return _save(fig, path)
 
