@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -264,7 +266,8 @@ def test_job_records_achieved_fraction_in_every_currency(make_cfg, monkeypatch):
     assert "profiling" in results["pruning"]["wall_time_s"]
 
 
-def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkeypatch):
+def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkeypatch,
+                                                                caplog):
     def unprofilable(*args):
         raise PrunelabError("latency does not grow with the units on this device")
 
@@ -275,9 +278,15 @@ def test_params_job_records_why_its_latency_fraction_is_missing(make_cfg, monkey
     assert set(details["achieved"]) == {"params", "macs"}
     assert "does not grow" in details["achieved_unavailable"]["latency"]
     assert "does not grow" in details["achieved_unavailable"]["latency_decode"]
+    assert _missing_fraction_levels(caplog) == {"WARNING"}  # a profile that failed warns
 
 
-def test_job_without_a_speed_up_profiles_only_its_budget(make_cfg, monkeypatch):
+def _missing_fraction_levels(caplog) -> set[str]:
+    return {r.levelname for r in caplog.records if r.getMessage().startswith("No achieved")}
+
+
+def test_job_without_a_speed_up_profiles_only_its_budget(make_cfg, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="prunelab")
     profiled = []
 
     def profile(model, adapter, device, shape, vocab_size, cache_dir):
@@ -300,3 +309,4 @@ def test_job_without_a_speed_up_profiles_only_its_budget(make_cfg, monkeypatch):
                                     *SPEED[:3])).to_dict()["pruning"]["details"]
     assert profiled == ["prefill"] and set(details["achieved"]) == {"params", "macs"}
     assert "no speed-up" in details["achieved_unavailable"]["latency"]
+    assert _missing_fraction_levels(caplog) == {"INFO"}  # not profiled by design: no warning

@@ -41,6 +41,14 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
+@functools.cache
+def _madvise():
+    """The C library's ``madvise``, its argument types declared (pointers are 64-bit)."""
+    madvise = _libc().madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
 def pin_mmap_threshold(threshold_bytes: int = 128 * 1024) -> bool:
     """Fix glibc's mmap threshold (turning off its growth); False where malloc is not glibc."""
     try:
@@ -62,8 +70,6 @@ def release_file_pages(tensors: Iterable[torch.Tensor]) -> None:
     if not _MAPS.is_file():
         return
     files = _file_mappings()
-    madvise = _libc().madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = mmap.PAGESIZE
     for tensor in tensors:
         if tensor.device.type != "cpu" or not tensor.is_contiguous():
@@ -71,7 +77,7 @@ def release_file_pages(tensors: Iterable[torch.Tensor]) -> None:
         start = -(-tensor.data_ptr() // page) * page  # whole pages inside the tensor only
         end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
         if end > start and any(low <= start and end <= high for low, high in files):
-            madvise(start, end - start, _MADV_DONTNEED)  # advice: a refusal changes nothing
+            _madvise()(start, end - start, _MADV_DONTNEED)  # advice: a refusal changes nothing
 
 
 def _file_mappings() -> list[tuple[int, int]]:

@@ -120,9 +120,6 @@ class _Stage:
             cost_model = cost_model_for(params, loaded, speed, cache_dir)
             currencies, unavailable = reported_currencies(params, loaded, speed, cache_dir,
                                                           cost_model, profile=not streamed)
-        for name, reason in unavailable.items():  # "not profiled" is by design: no warning
-            log.log(logging.INFO if reason.startswith("not profiled") else logging.WARNING,
-                    "No achieved %s fraction for this run: %s", name, reason)
         by_shape = shape_currencies(currencies)
         totals_before = {name: whole_cost(layers, model)
                          for name, model in {**currencies, **by_shape}.items()}

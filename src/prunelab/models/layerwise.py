@@ -186,7 +186,7 @@ def ragged_hidden_states(adapter: ModelAdapter, residency: Residency,
         for batch in batches:
             padded = _right_padded([sequences[i] for i in batch])
             hidden, block_kwargs = capture_block_inputs(adapter, padded, len(batch), device)
-            if padded.shape[1] not in kwargs_by_length:  # the first batch is the largest
+            if padded.shape[1] not in kwargs_by_length:  # batch-independent: [1, length, ...]
                 kwargs_by_length[padded.shape[1]] = to_device(block_kwargs, device)
             _write_real(inputs, hidden, [len(sequences[i]) for i in batch], starts[batch[0]])
     for index, block in enumerate(tqdm(adapter.decoder_layers, desc=desc, unit="block")):

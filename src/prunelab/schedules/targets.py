@@ -11,6 +11,7 @@ achieved fraction in every currency is recorded.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 import torch
@@ -29,6 +30,8 @@ from prunelab.schedules.costs import (
     UnitCosts,
 )
 from prunelab.schedules.pools import build_pools
+
+log = logging.getLogger(__name__)
 
 
 class RunningModel(Protocol):
@@ -110,32 +113,40 @@ def reported_currencies(params: Any, loaded: RunningModel, speed: Any, cache_dir
     """Cost models of every currency, for the achieved fractions of every run.
 
     The budget's own model is reused. The other latency currencies are profiled (once per
-    device, model geometry and shape, then cached: 13 minutes for SmolLM2's three on 2 CPU
-    cores) only where the job measures speed-ups too (``benchmark.speed.reference=dense``), so
-    a measured speed-up stands beside each predicted fraction; other jobs (and those with
-    ``profile`` false: a streamed model) record why they are missing, as they do for a
-    profile that cannot be made.
+    device, model geometry and shape, then cached: minutes for a real model) only where the
+    job measures speed-ups too (``benchmark.speed.reference=dense``), so a measured speed-up
+    stands beside each predicted fraction. Why a currency is missing is returned and logged:
+    at INFO when it was not profiled by design (also when ``profile`` is false: a streamed
+    model), as a warning when its profile could not be made.
     """
     models: dict[str, CostModel] = {"params": ParameterCost(),
                                     "macs": MacCost((params.target_seqlen + 1) / 2),
                                     budget_model.name: budget_model}
     missing: dict[str, str] = {}
-    for currency in LATENCY_CURRENCIES:
-        if currency not in models and not profile:
-            missing[currency] = ("not profiled: the model is streamed (a profile times the "
-                                 "whole model in memory)")
-        elif currency not in models and not speed.enabled:
-            missing[currency] = ("not profiled: the benchmark times no speed (its "
-                                 "speed.grid and speed.decode_tokens are empty)")
-        elif currency not in models and speed.reference != "dense":
-            missing[currency] = ("not profiled: the benchmark measures no speed-up to check it "
-                                 "against (benchmark.speed.reference=dense profiles it)")
-        elif currency not in models:
-            try:
-                models[currency] = cost_model_for(params, loaded, speed, cache_dir, currency)
-            except PrunelabError as error:
-                missing[currency] = str(error)
+    skipped = _why_not_profiled(speed, profile)
+    for currency in (c for c in LATENCY_CURRENCIES if c not in models):
+        if skipped:
+            missing[currency] = f"not profiled: {skipped}"
+            log.info("No achieved %s fraction for this run: %s", currency, missing[currency])
+            continue
+        try:
+            models[currency] = cost_model_for(params, loaded, speed, cache_dir, currency)
+        except PrunelabError as error:
+            missing[currency] = str(error)
+            log.warning("No achieved %s fraction for this run: %s", currency, error)
     return models, missing
+
+
+def _why_not_profiled(speed: Any, profile: bool) -> str | None:
+    """Why a job records no latency currency beyond its budget's; None when it does."""
+    if not profile:
+        return "the model is streamed (a profile times the whole model in memory)"
+    if not speed.enabled:
+        return "the benchmark times no speed (its speed.grid and speed.decode_tokens are empty)"
+    if speed.reference != "dense":
+        return ("the benchmark measures no speed-up to check it against "
+                "(benchmark.speed.reference=dense profiles it)")
+    return None
 
 
 def shape_currencies(models: dict[str, CostModel]) -> dict[str, CostModel]:
